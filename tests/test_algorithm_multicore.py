@@ -1,0 +1,136 @@
+"""The ``multicore`` VisionAD algorithm: hooks, method keys, hook guard, save / load in a fresh instance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from visionad_multicore.algorithms.multicore import WrapperMultiCore
+from visionad_multicore.visionad.loaders import create_dataloaders
+
+TINY_PARAMS: dict[str, Any] = {
+    "preset": "mc2",
+    "coreset_size": 64,
+    "synthetic_size": 12,
+    "ssa": {"size": 64, "buckets": [1, 2, 4, 8], "masks_per_bucket": 4, "multi_counts": [2], "masks_per_multi": 2, "n_empty": 4},
+    "lr": 1e-3,
+    "hfm_batch_size": 4,
+    "unet_depth": 2,
+    "unet_width": 4,
+    "validation_fraction": 0.25,
+    "progress": False,
+}
+METHODS = ["multicore", "ensemble_mean", "p1_euclidean_p3_s1", "p2_minkowski3_p1_s1"]
+
+
+def tiny_loaders(root: Path) -> tuple[Any, Any, Any]:
+    return create_dataloaders(
+        None,
+        None,
+        None,
+        batch_size=3,
+        test_batch_size=3,
+        folder_path_regular_train=str(root / "train/good"),
+        folder_path_regular_test=str(root / "test/good"),
+        folder_path_novel_test=[str(root / "test/defect")],
+        folder_path_novel_masks=[str(root / "ground_truth/defect")],
+    )
+
+
+def evaluate(algo: WrapperMultiCore, loaders: tuple[Any, Any, Any]) -> tuple[dict, dict]:
+    """``eval_outputs_dataloader`` on the anomalous test set, through the base class's target-hiding generator."""
+    holder: dict[str, Any] = {}
+    generator = algo.create_no_target_dataloader(loaders[2], holder, regular=False)
+    return algo.eval_outputs_dataloader(generator, len(loaders[2]))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[WrapperMultiCore, Path, tuple]:
+    loaders = tiny_loaders(tiny_mvtec)
+    algo = WrapperMultiCore(**TINY_PARAMS)
+    algo.enter_dataloaders(*loaders)
+    algo.train_one_epoch()  # prepares, then one HFM epoch
+    algo.pre_eval_processing()
+    location = tmp_path_factory.mktemp("mc_model") / "model"
+    algo.save_model(location)
+    return algo, location, loaders
+
+
+def test_hooks_and_method_keys(trained: tuple[WrapperMultiCore, Path, tuple]) -> None:
+    algo, _, loaders = trained
+    assert algo.model.hfm_epochs_ == 1 and algo.model.is_prepared
+    assert algo.model.fusion_ is not None and not algo.model.fusion_.training
+    heatmaps, scores = evaluate(algo, loaders)
+    assert list(heatmaps) == METHODS and list(scores) == METHODS
+    for method in METHODS:
+        assert heatmaps[method].shape == (4, 64, 64)
+        assert scores[method].shape == (4,)
+        assert torch.isfinite(heatmaps[method]).all()
+
+
+def test_bank_loader_has_no_hook_and_split_is_disjoint(trained: tuple[WrapperMultiCore, Path, tuple]) -> None:
+    algo, _, loaders = trained
+    assert loaders[0].dataset.pre_normalisation_transform is None
+    bank, fusion = set(algo.model.bank_idx_.tolist()), set(algo.model.fusion_idx_.tolist())
+    assert not bank & fusion and len(bank | fusion) == len(loaders[0].dataset)
+
+
+def test_refuses_a_hooked_training_loader(tiny_mvtec: Path) -> None:
+    loaders = tiny_loaders(tiny_mvtec)
+    loaders[0].dataset.pre_normalisation_transform = lambda pil: (pil, 1)
+    algo = WrapperMultiCore(**TINY_PARAMS)
+    algo.enter_dataloaders(*loaders)
+    with pytest.raises(RuntimeError, match="pre_normalisation_transform"):
+        algo.train_one_epoch()
+
+
+def test_save_load_fresh_instance_identical(trained: tuple[WrapperMultiCore, Path, tuple]) -> None:
+    algo, location, loaders = trained
+    assert {p.name for p in location.iterdir()} >= {"model_params.json", "multicore.pt", "hfm_history.json"}
+    history = json.loads((location / "hfm_history.json").read_text())
+    assert len(history) == 1 and history[0]["is_best"]
+    before = evaluate(algo, loaders)
+    fresh = WrapperMultiCore()
+    fresh.load_model(location)  # no training loader attached
+    assert not hasattr(fresh, "dataloader_train")
+    after = evaluate(fresh, loaders)
+    for method in METHODS:
+        assert torch.equal(before[0][method], after[0][method]), method
+        assert torch.equal(before[1][method], after[1][method]), method
+    with pytest.raises(RuntimeError, match="cannot be trained"):
+        fresh.train_one_epoch()
+
+
+def test_unknown_model_param_is_an_error() -> None:
+    with pytest.raises(TypeError, match="lrr"):
+        WrapperMultiCore(lrr=0.1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="unknown SSAConfig keys"):
+        WrapperMultiCore(ssa={"sizes": 3})
+
+
+@pytest.mark.slow
+def test_load_in_a_new_process_gives_identical_outputs(trained: tuple[WrapperMultiCore, Path, tuple],
+                                                       tiny_mvtec: Path, tmp_path: Path) -> None:
+    algo, location, loaders = trained
+    heatmaps, _ = evaluate(algo, loaders)
+    out = tmp_path / "out.pt"
+    script = (
+        "import sys, torch\n"
+        "sys.path.insert(0, sys.argv[4])\n"
+        "from test_algorithm_multicore import tiny_loaders, evaluate\n"
+        "from pathlib import Path\n"
+        "from visionad_multicore.algorithms.multicore import WrapperMultiCore\n"
+        "algo = WrapperMultiCore(); algo.load_model(sys.argv[1])\n"
+        "torch.save(evaluate(algo, tiny_loaders(Path(sys.argv[2])))[0], sys.argv[3])\n"
+    )
+    tests_dir = str(Path(__file__).resolve().parent)
+    subprocess.run([sys.executable, "-c", script, str(location), str(tiny_mvtec), str(out), tests_dir], check=True)
+    other = torch.load(out, weights_only=True)
+    for method in METHODS:
+        assert torch.equal(heatmaps[method], other[method]), method

@@ -1,0 +1,170 @@
+"""MultiCore core: presets, preparation (split, banks, statistics, cache), HFM epochs, prediction, state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from visionad_multicore.ensemble import MultiCore, Preset, PredictorSpec, load_preset
+from visionad_multicore.fusion.train import HFMTrainConfig
+from visionad_multicore.patchcore.predictor import PatchCorePlus
+from visionad_multicore.synthetic.dataset import split_bank_fusion
+from visionad_multicore.synthetic.masks import SSAConfig
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SPEC_TABLE = [
+    ("euclidean", 3, 1),
+    ("minkowski3", 1, 1),
+    ("euclidean", 7, 3),
+    ("euclidean", 3, 3),
+    ("euclidean", 7, 1),
+    ("euclidean", 1, 3),
+    ("euclidean", 1, 1),
+    ("euclidean", 3, 5),
+]
+TINY_SSA = SSAConfig(size=64, buckets=(1, 2, 4, 8), masks_per_bucket=4, multi_counts=(2,), masks_per_multi=2, n_empty=4)
+TINY_HFM = HFMTrainConfig(synthetic_size=12, validation_fraction=0.25, batch_size=4, unet_depth=2, unet_width=4, lr=1e-3)
+
+
+def load_folder(folder: Path) -> torch.Tensor:
+    """Normalised images ``(N, 3, H, W)`` of a folder, sorted by name."""
+    images = [
+        torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1).float() / 255
+        for p in sorted(folder.glob("*.png"))
+    ]
+    x = torch.stack(images)
+    return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
+
+def tiny_multicore(**overrides: object) -> MultiCore:
+    params: dict[str, object] = {"coreset_size": 64, "ssa": TINY_SSA, "hfm": TINY_HFM, "progress": False}
+    params.update(overrides)
+    return MultiCore("mc2", **params)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_mvtec: Path) -> tuple[MultiCore, torch.Tensor, torch.Tensor]:
+    train = load_folder(tiny_mvtec / "train/good")
+    model = tiny_multicore().prepare(train, MEAN, STD)
+    return model, train, load_folder(tiny_mvtec / "test/defect")
+
+
+# ------------------------------------------------------------------------------------------- presets
+@pytest.mark.parametrize(("name", "n"), [("mc2", 2), ("mc4", 4), ("mc8", 8)])
+def test_builtin_presets_follow_the_spec_table(name: str, n: int) -> None:
+    preset = load_preset(name)
+    assert preset.name == name
+    assert [(p.distance, p.patch_size, p.stride) for p in preset.predictors] == SPEC_TABLE[:n]
+    assert preset.member_keys[:2] == ["p1_euclidean_p3_s1", "p2_minkowski3_p1_s1"][:n]
+
+
+def test_preset_yaml_round_trip_and_errors(tmp_path: Path) -> None:
+    preset = Preset("mine", (PredictorSpec("cosine", 5, 3), PredictorSpec("manhattan", 1, 1)))
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(preset.to_dict()))
+    assert load_preset(path) == preset
+    assert load_preset(str(path)).member_keys == ["p1_cosine_p5_s3", "p2_manhattan_p1_s1"]
+    with pytest.raises(ValueError, match="unknown preset 'mc3'.*mc2"):
+        load_preset("mc3")
+    path.write_text("name: x\npredictors:\n  - {distance: euclidean, patch_size: 3, stride: 1, k: 2}\n")
+    with pytest.raises(ValueError, match=r"mine.yaml: predictor 1 must have exactly the keys"):
+        load_preset(path)
+    path.write_text("name: x\npredictors:\n  - {distance: chebyshev, patch_size: 3, stride: 1}\n")
+    with pytest.raises(ValueError, match="chebyshev"):
+        load_preset(path)
+
+
+# ------------------------------------------------------------------------------------------- preparation
+def test_bank_and_fusion_shares_are_disjoint(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    model, train, _ = prepared
+    assert model.bank_idx_ is not None and model.fusion_idx_ is not None
+    assert not set(model.bank_idx_.tolist()) & set(model.fusion_idx_.tolist())
+    assert sorted(model.bank_idx_.tolist() + model.fusion_idx_.tolist()) == list(range(len(train)))
+    expected = split_bank_fusion(len(train), 0.8, 0)
+    assert np.array_equal(model.bank_idx_, expected[0]) and np.array_equal(model.fusion_idx_, expected[1])
+
+
+def test_banks_come_from_clean_bank_images_only(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    """Rebuild member 1's bank from the clean bank-share images alone: it must be identical."""
+    model, train, _ = prepared
+    reference = PatchCorePlus(patch_size=3, stride=1, distance="euclidean", coreset_size=64, seed=0, progress=False)
+    reference.fit_features([model._features(train[model.bank_idx_])])
+    member = model.members[0]
+    assert member.n_patches_seen_ == reference.n_patches_seen_
+    torch.testing.assert_close(member.memory_bank_, reference.memory_bank_)
+
+
+def test_statistics_come_from_clean_fusion_images(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    model, train, _ = prepared
+    maps, _ = model._member_maps(train[model.fusion_idx_])  # (F, M, H, W)
+    torch.testing.assert_close(model.stats_mean_, maps.double().mean(dim=(0, 2, 3)).float())
+    torch.testing.assert_close(model.stats_std_, maps.double().std(dim=(0, 2, 3)).float())
+
+
+def test_synthetic_cache(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    model, _, _ = prepared
+    assert model._cache is not None
+    maps, masks = model._cache
+    assert maps.shape == (12, 2, 64, 64) and maps.dtype == torch.float16
+    assert masks.shape == (12, 1, 64, 64) and masks.dtype == torch.bool
+    assert masks.any() and not masks.all()
+    assert model._train_idx is not None and model._val_idx is not None
+    assert len(model._val_idx) == 3 and not set(model._train_idx.tolist()) & set(model._val_idx.tolist())
+
+
+def test_untrained_fusion_is_the_ensemble_mean(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    model, _, test_images = prepared
+    assert model.hfm_epochs_ == 0, "runs before test_train_predict_save_load (file order)"
+    out = model.predict(test_images)
+    torch.testing.assert_close(out.fused, out.mean)
+
+
+# ------------------------------------------------------------------------------------------- training, prediction
+def test_train_predict_save_load(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    model, _, test_images = prepared
+    record = model.train_epoch()
+    assert record.epoch == 0 and record.validation is not None and np.isfinite(record.train_loss)
+    assert model.hfm_epochs_ == 1
+
+    out = model.predict(test_images)
+    heatmaps, scores = out.methods()
+    assert list(heatmaps) == ["multicore", "ensemble_mean", "p1_euclidean_p3_s1", "p2_minkowski3_p1_s1"]
+    assert list(scores) == list(heatmaps)
+    for method in heatmaps:
+        assert heatmaps[method].shape == (4, 64, 64) and heatmaps[method].dtype == torch.float32
+        assert scores[method].shape == (4,)
+    raw = torch.stack([heatmaps["p1_euclidean_p3_s1"], heatmaps["p2_minkowski3_p1_s1"]], dim=1)
+    normalised = (raw - model.stats_mean_[None, :, None, None]) / model.stats_std_[None, :, None, None]
+    torch.testing.assert_close(heatmaps["ensemble_mean"], normalised.mean(dim=1))
+    torch.testing.assert_close(scores["multicore"], heatmaps["multicore"].amax(dim=(1, 2)))
+    torch.testing.assert_close(scores["ensemble_mean"], heatmaps["ensemble_mean"].amax(dim=(1, 2)))
+    assert model.fusion_ is not None and not model.fusion_.training
+    assert model.hfm_best_epoch_ == 0
+
+    # a fresh instance from the state predicts bit for bit the same
+    state = model.state_dict()
+    fresh = MultiCore.from_state_dict(state, progress=False)
+    again = fresh.predict(test_images).methods()
+    for method in heatmaps:
+        assert torch.equal(heatmaps[method], again[0][method]), method
+        assert torch.equal(scores[method], again[1][method]), method
+    with pytest.raises(RuntimeError, match="call prepare"):
+        fresh.train_epoch()
+
+
+def test_load_state_rejects_other_params(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    model, _, _ = prepared
+    with pytest.raises(ValueError, match="coreset_size"):
+        tiny_multicore(coreset_size=32).load_state_dict(model.state_dict())
+
+
+def test_predict_before_fit_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="not fitted|prepare"):
+        tiny_multicore().predict(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="bank_share"):
+        tiny_multicore(bank_share=1.0)

@@ -1,0 +1,255 @@
+"""The runner end to end with ``random`` on the tiny MVTec fixture: VisionAD's flow and results layout."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fake_visionad import write_visionad_config
+from visionad_multicore import cli
+from visionad_multicore.algorithms import VisionADBaselineError, get_algorithm
+from visionad_multicore.algorithms.random import WrapperRandom
+from visionad_multicore.visionad import runner
+from visionad_multicore.visionad.metrics import run_metrics
+from visionad_multicore.visionad.runner import ConfigError, run_config
+
+DATA_JSON_KEYS = [
+    "time", "run_description", "model_description", "model_long_description", "epoch", "training_transforms",
+    "model", "train_time", "train_time_per_image", "inference_time", "inference_time_per_image", "model_params",
+    "dataset", "metrics", "batch_size",
+]  # fmt: skip
+LIGHT_METRICS = ["Imagewise_AUC", "Pixelwise_AUC", "PL"]
+
+
+@pytest.fixture()
+def registry(tiny_mvtec: Path, tmp_path: Path) -> Path:
+    """A user registry file with the key ``tiny`` -> the tiny MVTec fixture."""
+    path = tmp_path / "datasets.yaml"
+    path.write_text(f"datasets:\n  tiny:\n    path: {tiny_mvtec}\n")
+    return path
+
+
+class Recording(WrapperRandom):
+    """WrapperRandom that logs its hook calls, optionally slowly."""
+
+    log: list[str] = []
+    train_seconds = 0.0
+    eval_seconds = 0.0
+
+    def train_one_epoch(self) -> None:
+        time.sleep(self.train_seconds)
+        self.log.append("train")
+        super().train_one_epoch()
+
+    def pre_eval_processing(self) -> None:
+        self.log.append("pre_eval")
+        super().pre_eval_processing()
+
+    def eval_outputs_dataloader(self, dataloader, len_dataloader):
+        time.sleep(self.eval_seconds)
+        self.log.append("eval")
+        return super().eval_outputs_dataloader(dataloader, len_dataloader)
+
+    def save_model(self, location) -> None:
+        self.log.append("save")
+        super().save_model(location)
+
+
+def recording_resolver(train_seconds: float = 0.0, eval_seconds: float = 0.0):
+    cls = type("RecordingRun", (Recording,), {"log": [], "train_seconds": train_seconds, "eval_seconds": eval_seconds})
+
+    def resolve(name: str) -> type:
+        return cls if name.lower() == "recording" else get_algorithm(name)
+
+    return cls, resolve
+
+
+def run(config: Path, registry: Path, results: Path, resolve=get_algorithm, **kwargs) -> runner.RunSummary:
+    return run_config(config, registry_path=registry, results_dir=results, resolve_algorithm=resolve, **kwargs)
+
+
+def test_results_layout_and_files(tmp_path, registry):
+    config = write_visionad_config(
+        tmp_path / "cfg.py",
+        models=[{"model_params": {"seed": 1}, "epochs": 2, "save_model_every_n_epochs": 1, "save_heatmaps_n_epochs": 2,
+                 "model_description": "tiny test", "batch_size": 3}],
+        dataset_list=["tiny"],
+        metrics=LIGHT_METRICS,
+    )  # fmt: skip
+    summary = run(config, registry, tmp_path / "results", run_description="my run description longer")
+    assert summary.ok, summary.failed[0].error
+    run_dir = summary.run_dir
+    assert run_dir.parent == tmp_path / "results"
+    match = re.fullmatch(r"(\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d)_my_run_description_l", run_dir.name)
+    assert match, run_dir.name
+    out = run_dir / "random_tiny test" / "tiny"
+    assert summary.paths == {("random", "tiny test", "tiny"): out}
+    assert sorted(p.name for p in out.iterdir()) == ["0", "1", "best.pk", "description.json"]
+    assert sorted(p.name for p in (out / "0").iterdir()) == ["data.json", "metrics.pk", "model"]
+    assert sorted(p.name for p in (out / "1").iterdir()) == [
+        "data.json", "description.json", "heatmaps.pk", "metrics.pk", "model"]  # fmt: skip
+    assert (out / "1" / "model" / "model_params.json").is_file()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    data = json.loads((out / "1" / "data.json").read_text())
+    assert list(data) == DATA_JSON_KEYS
+    assert data["time"] == match.group(1)
+    assert data["run_description"] == "my run description longer"
+    assert (data["model_description"], data["model_long_description"]) == ("tiny test", "written by a test")
+    assert (data["epoch"], data["model"], data["dataset"], data["batch_size"]) == (1, "random", "tiny", 3)
+    assert data["training_transforms"] == "transforms.Compose([])"
+    assert data["model_params"] == "random" + str({"seed": 1, "device": "cpu", "wandb": False})
+    assert data["train_time"] >= 0 and data["inference_time"] > 0
+    assert data["train_time_per_image"] == pytest.approx(data["train_time"] / 8)
+    assert data["inference_time_per_image"] == pytest.approx(data["inference_time"] / 8)
+
+    with open(out / "1" / "metrics.pk", "rb") as f:
+        metrics = pickle.load(f)
+    assert set(metrics) == set(LIGHT_METRICS)
+    assert data["metrics"] == {m: item["metric_results"] for m, item in metrics.items()}
+    assert set(data["metrics"]["Imagewise_AUC"]) == {"random"}
+    with open(out / "1" / "heatmaps.pk", "rb") as f:
+        heatmaps, scores, targets, paths = pickle.load(f)
+    assert heatmaps["heatmap_set_novel"]["random"].shape == (4, 1, 256, 256)
+    assert sorted(paths["paths_regular"]) == [f"{i:03d}.png" for i in range(4)]
+    assert run_metrics(LIGHT_METRICS, heatmaps, scores, targets, paths) == metrics  # metrics.pk matches heatmaps.pk
+    description = json.loads((out / "1" / "description.json").read_text())
+    assert description["dataset"]["dataset_key"] == "tiny" and description["model_description"] == "tiny test"
+
+    # best.pk: the predictions of the best epoch by PL (random gives the same predictions every evaluation)
+    with open(out / "best.pk", "rb") as f:
+        best = pickle.load(f)
+    assert best[0]["heatmap_set_novel"]["random"].equal(heatmaps["heatmap_set_novel"]["random"])
+
+    saved = json.loads((run_dir / "run_config.json").read_text())
+    assert saved["config_file"] == str(config.resolve()) and saved["mode"] == "native"
+    assert saved["models"][0]["epochs"] == 2 and saved["models"][0]["datasets"] == ["tiny"]
+    assert saved["registry_path"] == str(registry)
+    assert (run_dir / "run_config_source.py").read_text() == config.read_text()
+
+
+def test_failing_dataset_does_not_stop_the_others(tmp_path, registry, capsys):
+    config = write_visionad_config(tmp_path / "cfg.py", dataset_list=["no_such_key", "tiny"], metrics=["Imagewise_AUC"])
+    code = cli.main(["run", "--config_file", str(config), "--registry", str(registry),
+                     "--results_dir", str(tmp_path / "res"), "--device", "cpu"])  # fmt: skip
+    assert code == 1
+    printed = capsys.readouterr().out
+    assert "FAILED: random 'test' on no_such_key" in printed
+    assert "1/2 (model, dataset) runs succeeded" in printed
+    assert re.search(r"random\s+0\.\d{4}", printed)  # the per-method table of the pair that ran
+    (run_dir,) = (tmp_path / "res").iterdir()
+    assert (run_dir / "random_test" / "tiny" / "0" / "data.json").is_file()
+
+
+def test_evaluate_n_epochs_and_hook_order(tmp_path, registry):
+    cls, resolve = recording_resolver()
+    config = write_visionad_config(
+        tmp_path / "cfg.py",
+        models=[{"algo_class_name": "recording", "epochs": 5, "evaluate_n_epochs": 2, "save_model_every_n_epochs": 4}],
+        dataset_list=["tiny"],
+        metrics=["Imagewise_AUC"],
+    )
+    summary = run(config, registry, tmp_path / "res", resolve=resolve)
+    (pair,) = summary.results
+    assert pair.ok, pair.error
+    assert pair.evaluated_epochs == [1, 3, 4]  # every 2nd epoch and the last
+    assert sorted(p.name for p in pair.path.iterdir() if p.is_dir()) == ["1", "3", "4"]
+    assert (pair.path / "3" / "model").is_dir() and not (pair.path / "1" / "model").exists()
+    # pre_eval_processing comes before any save or evaluation, only in epochs that save or evaluate
+    assert cls.log == ["train", "train", "pre_eval", "eval", "eval", "train", "train", "pre_eval", "save", "eval",
+                       "eval", "train", "pre_eval", "eval", "eval"]  # fmt: skip
+
+
+def test_train_time_limit_stops_after_the_epoch_and_excludes_evaluation(tmp_path, registry):
+    _, resolve = recording_resolver(train_seconds=0.1, eval_seconds=0.3)
+    config = write_visionad_config(
+        tmp_path / "cfg.py",
+        models=[{"algo_class_name": "recording", "epochs": 10, "evaluate_n_epochs": None, "train_time_limit": 0.25}],
+        dataset_list=["tiny"],
+        metrics=["Imagewise_AUC"],
+    )
+    (pair,) = run(config, registry, tmp_path / "res", resolve=resolve).results
+    assert pair.ok, pair.error
+    assert pair.evaluated_epochs == [2]  # the limit is exceeded in epoch 2 (3 x 0.1 s): evaluate, then stop
+    data = json.loads((pair.path / "2" / "data.json").read_text())
+    assert 0.3 <= data["train_time"] < 0.55  # three training epochs, no evaluation time
+    assert data["inference_time"] >= 0.6  # two test sets x 0.3 s
+
+
+def test_dataset_list_override_and_zero_epochs(tmp_path, registry):
+    config = write_visionad_config(
+        tmp_path / "cfg.py",
+        models=[{"dataset_list_override": ["tiny"], "epochs": 0}],
+        dataset_list=["no_such_key"],
+        metrics=["Imagewise_AUC"],
+    )
+    summary = run(config, registry, tmp_path / "res")
+    assert summary.ok and [r.dataset for r in summary.results] == ["tiny"]
+    assert summary.results[0].evaluated_epochs == [0]  # epochs 0 runs one epoch, like VisionAD
+
+
+def test_same_seed_same_results_and_env_results_dir(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv(runner.RESULTS_DIR_ENV, str(tmp_path / "env_results"))
+    config = write_visionad_config(tmp_path / "cfg.py", dataset_list=["tiny"], metrics=["Imagewise_AUC"])
+    first = run_config(config, registry_path=registry, resolve_algorithm=get_algorithm, run_description="a")
+    second = run_config(config, registry_path=registry, resolve_algorithm=get_algorithm, run_description="b")
+    assert first.run_dir.parent == tmp_path / "env_results"
+    assert first.results[0].metrics == second.results[0].metrics
+
+
+def test_missing_config_key_names_key_and_file(tmp_path, registry):
+    config = write_visionad_config(tmp_path / "cfg.py", dataset_list=["tiny"], drop={0: ["batch_size"]})
+    with pytest.raises(ConfigError, match=r"cfg\.py, model_list\[0\] \(random\) is missing the key 'batch_size'"):
+        run(config, registry, tmp_path / "res")
+    no_device = write_visionad_config(tmp_path / "nodev.py", dataset_list=["tiny"], drop={0: ["device"]})
+    with pytest.raises(ConfigError, match="missing the key 'device' \\(or pass --device\\)"):
+        run(no_device, registry, tmp_path / "res")
+    assert not (tmp_path / "res").exists()  # nothing ran
+
+
+def test_unknown_key_and_missing_attribute(tmp_path, registry):
+    typo = write_visionad_config(tmp_path / "typo.py", models=[{"train_time_limt": 5}], dataset_list=["tiny"])
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) \\['train_time_limt'\\]; valid keys: .*train_time_limit"):
+        run(typo, registry, tmp_path / "res")
+    bare = tmp_path / "bare.py"
+    bare.write_text("model_list = []\n")
+    with pytest.raises(ConfigError, match="does not define dataset_list, metrics"):
+        run(bare, registry, tmp_path / "res")
+
+
+def test_unknown_algorithm_lists_ours(tmp_path, registry, capsys):
+    config = write_visionad_config(tmp_path / "cfg.py", models=[{"algo_class_name": "nonesuch"}], dataset_list=["tiny"])
+    with pytest.raises(ConfigError, match="unknown algorithm 'nonesuch'; this package provides: multicore, patchcore_plus, random"):
+        run(config, registry, tmp_path / "res")
+    assert cli.main(["run", "--config_file", str(config), "--results_dir", str(tmp_path / "res")]) == 2
+
+
+def test_baseline_without_visionad_root(tmp_path, registry):
+    config = write_visionad_config(tmp_path / "cfg.py", models=[{"algo_class_name": "EfficientAD"}], dataset_list=["tiny"])
+    with pytest.raises(ConfigError, match="one of VisionAD's baselines .*pass --visionad_root"):
+        run(config, registry, tmp_path / "res")
+    with pytest.raises(VisionADBaselineError):
+        get_algorithm("PatchCore")
+    assert get_algorithm("RANDOM") is WrapperRandom
+
+
+def test_wandb_missing_is_a_clear_error(tmp_path, registry, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail
+    config = write_visionad_config(tmp_path / "cfg.py", dataset_list=["tiny"])
+    with pytest.raises(runner.WandbMissingError, match="pip install wandb"):
+        run(config, registry, tmp_path / "res", wandb=True)
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[2] / "algorithm_configs"
+    for name in ("random_demo.py", "random_dev.py"):
+        config = runner.load_config(root / name)
+        assert config.model_list[0]["algo_class_name"] == "random"
+    assert runner.load_config(root / "random_demo.py").dataset_list == ["demo_brick", "demo_grass", "demo_gravel"]

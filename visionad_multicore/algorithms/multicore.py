@@ -1,0 +1,309 @@
+"""``multicore``: the MultiCore ensemble (Taylor et al., BMVC 2024) as a VisionAD algorithm.
+
+Hook mapping (VisionAD calls ``train_one_epoch`` before ``pre_eval_processing``):
+
+- ``train_one_epoch``: the first call prepares the ensemble once (bank / fusion split, memory banks from the
+  bank share, normalisation statistics and synthetic cache from the fusion share; see
+  :mod:`visionad_multicore.ensemble`), then every call trains the Heatmap Fusion Module for one epoch. So the
+  run config's ``epochs``, ``evaluate_n_epochs`` and ``train_time_limit`` mean HFM epochs, as users expect;
+  preparation time counts as training time of the first epoch.
+- ``pre_eval_processing``: prepares if no epoch ran (``epochs: 0`` evaluates the plain ensemble mean through
+  an untrained, mean-initialised HFM) and loads the checkpoint with the best validation pixel AUROC on the
+  held-out synthetic split (never a test image) into the inference UNet. Training then continues from the
+  latest weights, not the best ones.
+- ``eval_outputs_dataloader``: method keys ``multicore`` (fused map, score = max), ``ensemble_mean`` (mean of
+  the normalised member maps, score = max) and one key per member, e.g. ``p1_euclidean_p3_s1`` (its own map and
+  score), so one run is its own ablation.
+- ``save_model`` / ``load_model``: ``model_params.json`` + ``multicore.pt`` (banks, statistics, UNet weights,
+  params) + ``hfm_history.json``; a fresh instance with no training loader reproduces predictions bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from visionad_multicore.ensemble import PRESETS, MultiCore, load_preset
+from visionad_multicore.fusion.train import EpochRecord, HFMTrainConfig
+from visionad_multicore.synthetic.masks import SSAConfig
+from visionad_multicore.visionad.model_wrapper import ModelWrapper
+
+__all__ = ["WrapperMultiCore"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "multicore.pt"
+HISTORY_FILE = "hfm_history.json"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class WrapperMultiCore(ModelWrapper):
+    """MultiCore as a VisionAD ``ModelWrapper``; every argument is a ``model_params`` key.
+
+    Args:
+        preset: ``mc2``, ``mc4``, ``mc8``, a path to a preset YAML, or its dict form.
+        backbone: Shared backbone (``wide_resnet50_2`` as in the paper; ``efficientnet_lite0`` offline).
+        backbone_weights: Optional backbone weights file.
+        coreset_size: Memory-bank size of every member (fixed number).
+        k: Nearest neighbours per patch score.
+        bank_share: Share of training images in the memory banks (the rest makes the synthetic set).
+        synthetic_size: Number of synthetic images for the HFM (paper: 4000).
+        ssa: Overrides of :class:`~visionad_multicore.synthetic.masks.SSAConfig` (e.g. ``masks_per_bucket``,
+            ``noise_std``); ``size`` is taken from the images.
+        lr, weight_decay, momentum, grad_clip: RMSprop settings of the HFM (paper: 1e-5, 1e-5, 0.999, 1).
+        hfm_batch_size: HFM batch size.
+        cldice_weight, cldice_iterations: lambda of the clDice term and its soft-skeleton iterations.
+        unet_depth, unet_width, residual_mean: UNet shape (see :class:`~visionad_multicore.fusion.unet.UNet`).
+        flip_augment: Random flips of HFM training items.
+        validation_fraction: Share of the synthetic set held out to pick the HFM checkpoint.
+        selection_metric: ``pauc`` or ``loss`` on that split.
+        feature_batch_size: Images per backbone pass during preparation.
+        cache_dtype: ``float16`` or ``float32`` synthetic-heatmap cache.
+        seed: Seed of everything random.
+        device: Torch device (VisionAD's runner sets it).
+        wandb: Log HFM epochs to an active wandb run (VisionAD's runner sets it).
+        progress: Show progress bars.
+    """
+
+    def __init__(
+        self,
+        preset: str | Mapping[str, Any] = "mc2",
+        backbone: str = "efficientnet_lite0",
+        backbone_weights: str | None = None,
+        coreset_size: int = 25_000,
+        k: int = 1,
+        bank_share: float = 0.8,
+        synthetic_size: int = 4000,
+        ssa: Mapping[str, Any] | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 1e-5,
+        momentum: float = 0.999,
+        grad_clip: float = 1.0,
+        hfm_batch_size: int = 8,
+        cldice_weight: float = 0.25,
+        cldice_iterations: int = 10,
+        unet_depth: int = 4,
+        unet_width: int = 32,
+        residual_mean: bool = True,
+        flip_augment: bool = True,
+        validation_fraction: float = 0.1,
+        selection_metric: str = "pauc",
+        feature_batch_size: int = 8,
+        cache_dtype: str = "float16",
+        seed: int = 0,
+        device: str = "cpu",
+        wandb: bool = False,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        resolved = load_preset(preset)
+        preset_param: str | dict[str, Any] = (
+            str(preset).lower()
+            if isinstance(preset, str) and preset.lower() in PRESETS
+            else resolved.to_dict()
+        )
+        ssa_overrides = dict(ssa or {})
+        ssa_config = SSAConfig.from_dict(ssa_overrides)
+        hfm = HFMTrainConfig(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            grad_clip=grad_clip,
+            synthetic_size=synthetic_size,
+            validation_fraction=validation_fraction,
+            batch_size=hfm_batch_size,
+            cldice_weight=cldice_weight,
+            cldice_iterations=cldice_iterations,
+            unet_depth=unet_depth,
+            unet_width=unet_width,
+            residual_mean=residual_mean,
+            flip_augment=flip_augment,
+            selection_metric=selection_metric,
+            seed=seed,
+        )
+        self.params = {
+            "preset": preset_param,
+            "backbone": backbone,
+            "backbone_weights": backbone_weights,
+            "coreset_size": int(coreset_size),
+            "k": int(k),
+            "bank_share": float(bank_share),
+            "synthetic_size": int(synthetic_size),
+            "ssa": ssa_overrides,
+            "lr": float(lr),
+            "weight_decay": float(weight_decay),
+            "momentum": float(momentum),
+            "grad_clip": float(grad_clip),
+            "hfm_batch_size": int(hfm_batch_size),
+            "cldice_weight": float(cldice_weight),
+            "cldice_iterations": int(cldice_iterations),
+            "unet_depth": int(unet_depth),
+            "unet_width": int(unet_width),
+            "residual_mean": bool(residual_mean),
+            "flip_augment": bool(flip_augment),
+            "validation_fraction": float(validation_fraction),
+            "selection_metric": selection_metric,
+            "feature_batch_size": int(feature_batch_size),
+            "cache_dtype": cache_dtype,
+            "seed": int(seed),
+            "device": str(device),
+            "wandb": bool(wandb),
+            "progress": bool(progress),
+        }
+        self.wandb = bool(wandb)
+        self.progress = bool(progress)
+        self.model = MultiCore(
+            preset=resolved,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            coreset_size=coreset_size,
+            k=k,
+            bank_share=bank_share,
+            ssa=ssa_config,
+            hfm=hfm,
+            seed=seed,
+            device=str(device),
+            batch_size=feature_batch_size,
+            cache_dtype=cache_dtype,
+            progress=progress,
+        )
+        self._loaded = False
+
+    # ------------------------------------------------------------------ preparation
+    def _training_images(self) -> tuple[torch.Tensor, tuple[float, ...], tuple[float, ...]]:
+        """All training images ``(N, 3, H, W)`` in dataset order, and the dataset's mean / std."""
+        if not hasattr(self, "dataloader_train"):
+            raise RuntimeError("WrapperMultiCore: no training loader; call enter_dataloaders() first")
+        dataset = self.dataloader_train.dataset
+        hook = getattr(dataset, "pre_normalisation_transform", None)
+        if hook is not None:
+            raise RuntimeError(
+                "WrapperMultiCore: the training dataset has a pre_normalisation_transform hook attached "
+                f"({hook!r}); memory banks must be built from clean images. Remove the hook first."
+            )
+        images = [
+            dataset[i][0]
+            for i in tqdm(range(len(dataset)), desc="Training images", disable=not self.progress)
+        ]
+        mean = getattr(dataset, "mean", None)
+        std = getattr(dataset, "std", None)
+        if mean is None or std is None:
+            logger.warning("training dataset has no mean/std attributes; assuming ImageNet statistics")
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        return torch.stack(images), tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    def _ensure_prepared(self) -> None:
+        if self.model.is_prepared or self._loaded:
+            return
+        images, mean, std = self._training_images()
+        self.model.prepare(images, mean, std)
+
+    # ------------------------------------------------------------------ hooks
+    def train_one_epoch(self) -> None:
+        """Prepare once (first call), then train the HFM for one epoch."""
+        if self._loaded and not self.model.is_prepared:
+            raise RuntimeError("WrapperMultiCore: a loaded model cannot be trained further; build a new one")
+        self._ensure_prepared()
+        record = self.model.train_epoch()
+        self._log_wandb(record)
+
+    def pre_eval_processing(self) -> None:
+        """Prepare if needed and put the best-validation HFM checkpoint into the inference UNet."""
+        self._ensure_prepared()
+        self.model.finalize()
+
+    def eval_outputs_dataloader(self, dataloader: Iterator, len_dataloader: int) -> tuple[dict, dict]:
+        """Score every image yielded.
+
+        Returns:
+            ``(heatmaps, scores)``: ``{method: (N, H, W)}`` and ``{method: (N,)}`` float32 tensors for the methods
+            ``multicore``, ``ensemble_mean`` and each member key.
+        """
+        heatmap_parts: dict[str, list[torch.Tensor]] = {}
+        score_parts: dict[str, list[torch.Tensor]] = {}
+        for images, _ in tqdm(
+            dataloader, total=len_dataloader, desc="MultiCore eval", disable=not self.progress
+        ):
+            heatmaps, scores = self.model.predict(images).methods()
+            for method, value in heatmaps.items():
+                heatmap_parts.setdefault(method, []).append(value)
+            for method, value in scores.items():
+                score_parts.setdefault(method, []).append(value)
+        heatmaps_out = {m: torch.cat(parts) for m, parts in heatmap_parts.items()}
+        scores_out = {m: torch.cat(parts) for m, parts in score_parts.items()}
+        return heatmaps_out, scores_out
+
+    def save_model(self, location: str | os.PathLike[str]) -> None:
+        """Write ``model_params.json``, ``multicore.pt`` and ``hfm_history.json`` into ``location``."""
+        self.save_params(location)
+        path = Path(location) / STATE_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.model.state_dict(), tmp)
+        os.replace(tmp, path)
+        history = [
+            {
+                "epoch": r.epoch,
+                "train_loss": r.train_loss,
+                "val_loss": None if r.validation is None else r.validation.loss,
+                "val_pixel_auroc": None if r.validation is None else r.validation.pixel_auroc,
+                "val_pixel_auroc_ensemble_mean": None
+                if r.validation is None
+                else r.validation.pixel_auroc_mean,
+                "is_best": r.is_best,
+            }
+            for r in self.model.history
+        ]
+        _atomic_write_text(Path(location) / HISTORY_FILE, json.dumps(history, indent=1))
+
+    def load_model(self, location: str | os.PathLike[str], **kwargs: Any) -> None:
+        """Restore a model written by :meth:`save_model` (works on a fresh instance with no loaders).
+
+        Keyword Args:
+            device: Optional device to load onto instead of the saved one.
+        """
+        unknown = sorted(set(kwargs) - {"device"})
+        if unknown:
+            raise TypeError(
+                f"WrapperMultiCore.load_model: unknown keyword arguments {unknown}; valid: ['device']"
+            )
+        params = self.load_params(location)
+        if kwargs.get("device") is not None:
+            params["device"] = str(kwargs["device"])
+        self.__init__(**params)  # type: ignore[misc]
+        path = Path(location) / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"WrapperMultiCore.load_model: no {STATE_FILE} in {location}")
+        self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self._loaded = True
+
+    # ------------------------------------------------------------------ logging
+    def _log_wandb(self, record: EpochRecord) -> None:
+        if not self.wandb:
+            return
+        try:
+            import wandb
+        except ImportError:
+            logger.warning("wandb=True but the wandb package is not installed; not logging HFM epochs")
+            self.wandb = False
+            return
+        if wandb.run is None:
+            return
+        values: dict[str, float] = {"hfm_epoch": record.epoch, "hfm_train_loss": record.train_loss}
+        if record.validation is not None:
+            values["hfm_val_loss"] = record.validation.loss
+            values["hfm_val_pixel_auroc"] = record.validation.pixel_auroc
+        wandb.log(values)

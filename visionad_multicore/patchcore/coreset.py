@@ -1,0 +1,136 @@
+"""Fixed-size coreset of a memory bank: greedy k-center selection on a seeded random projection.
+
+The selection is Gonzalez' farthest-point greedy k-center algorithm, run on the bank projected to 128
+dimensions by a seeded Gaussian matrix (PatchCore's "approximate greedy coreset"), in the predictor's own
+distance. It keeps a running vector of each point's distance to its nearest selected centre and, per
+selected point, updates it from one distance computation against the new centre. The triangle inequality
+lets most points skip that computation: a point x assigned to centre j can only move to the new centre c if
+d(x, j) > d(c, j) / 2, and since c is the farthest point (d(c, j) >= R, its distance R to its own nearest
+centre), every point with d(x, j) <= R / 2 is skipped without computing anything. The result is the exact
+greedy selection, far cheaper per step than a full (N x 128) pass once the centres cover the bank.
+
+Memory: the (N, 128) projected bank plus a few (N,) vectors; never an N x N matrix. Projection is chunked.
+Cosine distance is not a metric, but on unit vectors 1 - cos = ||a - b||^2 / 2, a monotone function of the
+euclidean distance, so greedy farthest-point selection in cosine distance equals selection in euclidean
+distance on the L2-normalised projected vectors, which is what is run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from tqdm.auto import tqdm
+
+from visionad_multicore.patchcore.distances import check_distance, distances_to_point
+
+logger = logging.getLogger(__name__)
+
+
+def random_projection(
+    features: torch.Tensor,
+    dim: int = 128,
+    seed: int = 0,
+    chunk_rows: int = 65_536,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Project ``features`` to ``dim`` dimensions with a seeded Gaussian matrix (chunked).
+
+    Args:
+        features: (N, D) float tensor (any device; a CPU bank may be larger than device memory).
+        dim: target dimension; if ``D <= dim`` the features are returned as float32 unchanged.
+        seed: seed of the projection matrix (a private ``torch.Generator``).
+        chunk_rows: rows projected at a time.
+        device: where the projected bank lives; default ``features.device``.
+
+    Returns:
+        (N, min(D, dim)) float32 tensor.
+    """
+    device = torch.device(device) if device is not None else features.device
+    n, d = features.shape
+    if d <= dim:
+        return features.to(device=device, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    matrix = (torch.randn(d, dim, generator=gen) / dim**0.5).to(device)  # (D, dim)
+    out = torch.empty(n, dim, dtype=torch.float32, device=device)
+    for start in range(0, n, chunk_rows):
+        out[start : start + chunk_rows] = features[start : start + chunk_rows].to(device, torch.float32) @ matrix
+    return out
+
+
+def greedy_coreset_indices(
+    features: torch.Tensor,
+    size: int,
+    distance: str = "euclidean",
+    projection_dim: int = 128,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Indices of a fixed-size coreset chosen by greedy k-center selection on projected features.
+
+    Args:
+        features: (N, D) float tensor, the full memory bank.
+        size: number of points to keep. If ``N <= size`` all N indices are returned (no duplicates).
+        distance: the predictor's distance, one of ``euclidean``, ``cosine``, ``minkowski3``, ``manhattan``.
+        projection_dim: dimension of the seeded random projection (128 in PatchCore).
+        seed: seeds the projection and the first centre.
+        device: device of the selection; default ``features.device``.
+        progress: show a tqdm bar.
+
+    Returns:
+        (min(N, size),) int64 tensor of distinct indices into ``features``, in selection order.
+    """
+    check_distance(distance)
+    if size < 1:
+        raise ValueError(f"coreset size must be >= 1, got {size}")
+    n = features.shape[0]
+    if n <= size:
+        return torch.arange(n, dtype=torch.long)
+    proj = random_projection(features, projection_dim, seed=seed, device=device)  # (N, 128)
+    metric = distance
+    if distance == "cosine":
+        proj = torch.nn.functional.normalize(proj, dim=1)
+        metric = "euclidean"  # monotone in cosine distance on unit vectors (see module docstring)
+    return _greedy_k_center(proj, size, metric, seed, progress)
+
+
+def _greedy_k_center(points: torch.Tensor, size: int, metric: str, seed: int, progress: bool) -> torch.Tensor:
+    """Exact greedy k-center (farthest point) with triangle-inequality pruning; ``points`` is (N, d)."""
+    n = points.shape[0]
+    device = points.device
+    gen = torch.Generator().manual_seed(seed + 1)
+    first = int(torch.randint(n, (1,), generator=gen).item())
+
+    selected = torch.empty(size, dtype=torch.long, device=device)
+    centres = torch.empty(size, points.shape[1], dtype=points.dtype, device=device)  # (size, d)
+    selected[0] = first
+    centres[0] = points[first]
+    min_dist = distances_to_point(points, points[first], metric)  # (N,) distance to nearest centre
+    assign = torch.zeros(n, dtype=torch.long, device=device)  # (N,) index (into centres) of that centre
+    min_dist[first] = -1.0  # selected points are marked -1 so they can never be chosen again
+    skipped = 0
+    for k in tqdm(range(1, size), desc="coreset", disable=not progress, mininterval=1.0):
+        radius, idx_t = torch.max(min_dist, dim=0)
+        centre = points[idx_t]
+        selected[k] = idx_t
+        centres[k] = centre
+        # Only points farther than radius / 2 from their centre can be closer to the new one.
+        far = torch.nonzero(min_dist > radius * 0.5).squeeze(1)  # (F,)
+        if far.numel() == 0:
+            continue
+        owners, inverse = torch.unique(assign[far], return_inverse=True)  # (U,), (F,)
+        centre_gap = distances_to_point(centres[owners], centre, metric)  # (U,) d(c, j)
+        cand = far[min_dist[far] > centre_gap[inverse] * 0.5]  # (C,)
+        skipped += n - cand.numel()
+        if cand.numel() == 0:
+            continue
+        new_dist = distances_to_point(points[cand], centre, metric)  # (C,)
+        closer = new_dist < min_dist[cand]
+        moved = cand[closer]
+        min_dist[moved] = new_dist[closer]
+        assign[moved] = k
+        min_dist[idx_t] = -1.0
+    if size > 1:
+        logger.debug("coreset: %.1f%% of point-centre distances skipped", 100.0 * skipped / (n * (size - 1)))
+    return selected.cpu()

@@ -1,0 +1,214 @@
+"""Distances of the Patchcore+ predictor and exact k-nearest-neighbour search (faiss or torch).
+
+Four distances are supported (SPEC section 3): ``euclidean``, ``cosine`` (1 - cosine similarity),
+``minkowski3`` (p = 3) and ``manhattan`` (p = 1). Every function here returns *true* distances, whatever
+backend computes them: faiss' L2 index returns squared distances and its Lp index returns sum |d|^p, so the
+root is taken; ``torch.cdist`` already returns the norm.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+DISTANCES: tuple[str, ...] = ("euclidean", "cosine", "minkowski3", "manhattan")
+KNN_BACKENDS: tuple[str, ...] = ("auto", "faiss", "torch")
+
+# Minkowski order of each norm-based distance; cosine is not a norm and is handled on its own.
+_MINKOWSKI_P: dict[str, float] = {"euclidean": 2.0, "minkowski3": 3.0, "manhattan": 1.0}
+
+Backend = Literal["auto", "faiss", "torch"]
+
+
+def check_distance(distance: str) -> str:
+    """Return ``distance`` if it is known, else raise a ``ValueError`` that lists the known ones."""
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; known distances: {', '.join(DISTANCES)}")
+    return distance
+
+
+def check_backend(backend: str) -> str:
+    """Return ``backend`` if it is one of ``auto``, ``faiss``, ``torch``, else raise ``ValueError``."""
+    if backend not in KNN_BACKENDS:
+        raise ValueError(f"unknown k-NN backend {backend!r}; known backends: {', '.join(KNN_BACKENDS)}")
+    return backend
+
+
+def faiss_available() -> bool:
+    """Whether the ``faiss`` package can be imported."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def distances_to_point(points: torch.Tensor, centre: torch.Tensor, distance: str) -> torch.Tensor:
+    """Distances from every row of ``points`` to one ``centre``.
+
+    Args:
+        points: (M, D) float tensor.
+        centre: (D,) float tensor on the same device.
+        distance: one of :data:`DISTANCES`.
+
+    Returns:
+        (M,) true distances.
+    """
+    if distance == "cosine":
+        sim = torch.nn.functional.normalize(points, dim=1) @ torch.nn.functional.normalize(centre, dim=0)
+        return (1.0 - sim).clamp_min_(0.0)
+    diff = points - centre
+    if distance == "euclidean":
+        return diff.square_().sum(dim=1).sqrt_()
+    if distance == "manhattan":
+        return diff.abs_().sum(dim=1)
+    if distance == "minkowski3":
+        return diff.abs_().pow_(3).sum(dim=1).pow_(1.0 / 3.0)
+    raise ValueError(f"unknown distance {distance!r}; known distances: {', '.join(DISTANCES)}")
+
+
+def pairwise_distances(queries: torch.Tensor, bank: torch.Tensor, distance: str) -> torch.Tensor:
+    """Dense true distances between two sets of vectors (no chunking: keep the inputs small).
+
+    Args:
+        queries: (Q, D) float tensor.
+        bank: (M, D) float tensor.
+        distance: one of :data:`DISTANCES`.
+
+    Returns:
+        (Q, M) distances.
+    """
+    check_distance(distance)
+    if distance == "cosine":
+        q = torch.nn.functional.normalize(queries, dim=1)
+        b = torch.nn.functional.normalize(bank, dim=1)
+        return (1.0 - q @ b.T).clamp_min_(0.0)
+    return torch.cdist(queries, bank, p=_MINKOWSKI_P[distance])
+
+
+@dataclass
+class KNNResult:
+    """Result of a k-NN search: ``distances`` (Q, k) float32 true distances, ascending; ``indices`` (Q, k)."""
+
+    distances: torch.Tensor
+    indices: torch.Tensor
+
+
+class NearestNeighbourIndex:
+    """Exact (flat) k-NN index over a memory bank, with faiss or a chunked torch fallback.
+
+    Args:
+        bank: (M, D) float tensor, the memory bank.
+        distance: one of :data:`DISTANCES`.
+        backend: ``"auto"`` (faiss when installed, else torch), ``"faiss"`` or ``"torch"``.
+        device: device of the torch fallback; with faiss, ``cuda`` uses a GPU index when faiss has GPU support.
+        chunk_bytes: memory budget of one (queries x bank) distance block of the torch fallback.
+    """
+
+    def __init__(
+        self,
+        bank: torch.Tensor,
+        distance: str = "euclidean",
+        backend: Backend = "auto",
+        device: str | torch.device = "cpu",
+        chunk_bytes: int = 256 * 2**20,
+    ) -> None:
+        check_distance(distance)
+        check_backend(backend)
+        if bank.ndim != 2 or bank.shape[0] == 0:
+            raise ValueError(f"memory bank must be a non-empty (M, D) tensor, got shape {tuple(bank.shape)}")
+        if backend == "faiss" and not faiss_available():
+            raise ImportError("knn_backend='faiss' but faiss is not installed; pip install faiss-cpu")
+        self.distance = distance
+        self.device = torch.device(device)
+        self.backend = "faiss" if backend == "faiss" or (backend == "auto" and faiss_available()) else "torch"
+        self.chunk_bytes = chunk_bytes
+        self.size, self.dim = bank.shape
+        bank = bank.detach().float()
+        if distance == "cosine":
+            bank = torch.nn.functional.normalize(bank, dim=1)
+        if self.backend == "faiss":
+            self._index = self._build_faiss(bank.cpu().contiguous().numpy())
+            self._bank: torch.Tensor | None = None
+        else:
+            self._index = None
+            self._bank = bank.to(self.device)
+
+    def _build_faiss(self, bank: np.ndarray):  # type: ignore[no-untyped-def]
+        import faiss
+
+        d = bank.shape[1]
+        metric = {
+            "euclidean": faiss.METRIC_L2,
+            "cosine": faiss.METRIC_INNER_PRODUCT,
+            "minkowski3": faiss.METRIC_Lp,
+            "manhattan": faiss.METRIC_L1,
+        }[self.distance]
+        use_gpu = self.device.type == "cuda" and hasattr(faiss, "StandardGpuResources")
+        if use_gpu:
+            self._gpu_resources = faiss.StandardGpuResources()
+            config = faiss.GpuIndexFlatConfig()
+            config.device = self.device.index or 0
+            index = faiss.GpuIndexFlat(self._gpu_resources, d, metric, config)
+        else:
+            index = faiss.IndexFlat(d, metric)
+        if self.distance == "minkowski3":
+            # Set after construction: the GPU flat index constructor does not take (and drops) metric_arg.
+            index.metric_arg = 3.0
+            if index.metric_arg != 3.0:
+                raise RuntimeError("faiss index did not keep metric_arg = 3 for minkowski3")
+        index.add(np.ascontiguousarray(bank, dtype=np.float32))
+        logger.debug("faiss %s index (%s) over %d x %d", self.distance, "gpu" if use_gpu else "cpu", *bank.shape)
+        return index
+
+    def search(self, queries: torch.Tensor, k: int = 1) -> KNNResult:
+        """The ``k`` nearest bank vectors of every query.
+
+        Args:
+            queries: (Q, D) float tensor (any device).
+            k: number of neighbours, 1 <= k <= bank size.
+
+        Returns:
+            :class:`KNNResult` with (Q, k) true distances (float32, on ``queries.device``) and int64 indices.
+        """
+        if not 1 <= k <= self.size:
+            raise ValueError(f"k must be in [1, {self.size}] (the bank size), got {k}")
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (Q, {self.dim}), got {tuple(queries.shape)}")
+        out_device = queries.device
+        queries = queries.detach().float()
+        if self.distance == "cosine":
+            queries = torch.nn.functional.normalize(queries, dim=1)
+        if self.backend == "faiss":
+            d, i = self._index.search(np.ascontiguousarray(queries.cpu().numpy(), dtype=np.float32), k)
+            dist = torch.from_numpy(d)
+            idx = torch.from_numpy(i).long()
+            if self.distance == "euclidean":
+                dist = dist.clamp_min_(0.0).sqrt_()  # faiss L2 is squared
+            elif self.distance == "minkowski3":
+                dist = dist.clamp_min_(0.0).pow_(1.0 / 3.0)  # faiss Lp returns sum |d|^p
+            elif self.distance == "cosine":
+                dist = (1.0 - dist).clamp_min_(0.0)  # inner product of unit vectors = cosine similarity
+            return KNNResult(dist.to(out_device), idx.to(out_device))
+        assert self._bank is not None
+        queries = queries.to(self.device)
+        rows = max(1, self.chunk_bytes // (4 * self.size))
+        dists, idxs = [], []
+        for start in range(0, queries.shape[0], rows):
+            block = self._block_distances(queries[start : start + rows])  # (rows, M)
+            d, i = torch.topk(block, k, dim=1, largest=False, sorted=True)
+            dists.append(d)
+            idxs.append(i)
+        return KNNResult(torch.cat(dists).to(out_device), torch.cat(idxs).to(out_device))
+
+    def _block_distances(self, queries: torch.Tensor) -> torch.Tensor:
+        assert self._bank is not None
+        if self.distance == "cosine":  # both sides already unit length
+            return (1.0 - queries @ self._bank.T).clamp_min_(0.0)
+        return pairwise_distances(queries, self._bank, self.distance)

@@ -1,0 +1,410 @@
+"""The Patchcore+ predictor (SPEC section 3) as a scikit-learn-shaped estimator.
+
+``PatchCorePlus(...).fit(train_batches).predict(test_batches)`` runs the whole method; ``fit_features`` /
+``predict_features`` take backbone maps instead of images, so an ensemble can share one backbone pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from visionad_multicore.patchcore.backbone import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, build_backbone
+from visionad_multicore.patchcore.coreset import greedy_coreset_indices
+from visionad_multicore.patchcore.distances import (
+    NearestNeighbourIndex,
+    check_backend,
+    check_distance,
+    distances_to_point,
+)
+from visionad_multicore.patchcore.patches import patch_features
+
+logger = logging.getLogger(__name__)
+
+REWEIGHT_NEIGHBOURS = 9  # b in PatchCore's eq. 7 (Roth et al. 2022), as in anomalib
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Output of a predictor.
+
+    Attributes:
+        heatmaps: (N, H, W) float32 smoothed anomaly maps at the input size.
+        scores: (N,) image scores, the maximum of each heatmap.
+        scores_reweighted: (N,) PatchCore's re-weighted image scores (eq. 7 of Roth et al. 2022).
+    """
+
+    heatmaps: torch.Tensor
+    scores: torch.Tensor
+    scores_reweighted: torch.Tensor
+
+    @staticmethod
+    def concat(parts: Sequence[Prediction]) -> Prediction:
+        """Concatenate per-batch predictions along the image axis."""
+        if not parts:
+            raise ValueError("no predictions to concatenate (empty image iterable?)")
+        return Prediction(
+            torch.cat([p.heatmaps for p in parts]),
+            torch.cat([p.scores for p in parts]),
+            torch.cat([p.scores_reweighted for p in parts]),
+        )
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Normalised 1-D gaussian, radius ``int(truncate * sigma + 0.5)`` (scipy's ``gaussian_filter`` kernel)."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).float()
+
+
+def _symmetric_pad(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Pad ``x`` by ``r`` on both sides of ``dim``, mirroring with the edge repeated (scipy mode 'reflect')."""
+    n = x.shape[dim]
+    if r <= n:
+        left = x.narrow(dim, 0, r).flip(dim)
+        right = x.narrow(dim, n - r, r).flip(dim)
+        return torch.cat([left, x, right], dim=dim)
+    # Pad wider than the signal: index a periodically mirrored sequence, like scipy does.
+    idx = torch.arange(-r, n + r, device=x.device) % (2 * n)
+    idx = torch.where(idx >= n, 2 * n - 1 - idx, idx)
+    return x.index_select(dim, idx)
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0) -> torch.Tensor:
+    """Gaussian smoothing of a batch of maps on their own device (separable convolution).
+
+    Same kernel (radius ``int(truncate * sigma + 0.5)`` = 16 for sigma 4) and border handling (symmetric
+    reflection, edge repeated) as ``scipy.ndimage.gaussian_filter``, which VisionAD's PatchCore applies image
+    by image, so the results agree to float32 rounding.
+
+    Args:
+        maps: (N, H, W) float tensor.
+        sigma: standard deviation in pixels; ``0`` returns the maps unchanged.
+
+    Returns:
+        (N, H, W) float32.
+    """
+    if sigma <= 0:
+        return maps.float()
+    kernel = gaussian_kernel1d(sigma, truncate).to(maps.device)
+    r = (kernel.numel() - 1) // 2
+    x = maps.float().unsqueeze(1)  # (N, 1, H, W)
+    x = F.conv2d(_symmetric_pad(x, r, 3), kernel.view(1, 1, 1, -1))  # (N, 1, H, W)
+    x = F.conv2d(_symmetric_pad(x, r, 2), kernel.view(1, 1, -1, 1))  # (N, 1, H, W)
+    return x.squeeze(1)
+
+
+class PatchCorePlus:
+    """Patchcore+ predictor: patch features, a fixed-size coreset memory bank, k-NN distance scoring.
+
+    Args:
+        patch_size: p, neighbourhood size on each feature grid (paper space: 1, 3, 5, 7).
+        stride: s, patch stride on each feature grid (paper space: 1, 3, 5).
+        distance: ``euclidean``, ``cosine``, ``minkowski3`` or ``manhattan``.
+        coreset_size: memory-bank size; a bank with fewer patches is kept whole.
+        k: neighbours averaged into a patch score.
+        backbone: backbone name (see :func:`~visionad_multicore.patchcore.backbone.build_backbone`).
+        backbone_weights: optional local weights file for the backbone.
+        feature_dim: dimension of the pooled patch features.
+        projection_dim: random-projection dimension of the coreset selection.
+        knn_backend: ``auto`` (faiss if installed), ``faiss`` or ``torch``.
+        sigma: gaussian smoothing of the upsampled heatmaps, in pixels.
+        seed: seeds the coreset projection and start point.
+        device: device of backbone, features and search.
+        input_mean, input_std: normalisation of the images given to ``fit`` / ``predict``.
+        progress: show tqdm progress bars.
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 3,
+        stride: int = 1,
+        distance: str = "euclidean",
+        coreset_size: int = 25_000,
+        k: int = 1,
+        backbone: str = "efficientnet_lite0",
+        backbone_weights: str | None = None,
+        feature_dim: int = 1024,
+        projection_dim: int = 128,
+        knn_backend: str = "auto",
+        sigma: float = 4.0,
+        seed: int = 0,
+        device: str = "cpu",
+        input_mean: Sequence[float] = IMAGENET_MEAN,
+        input_std: Sequence[float] = IMAGENET_STD,
+        progress: bool = True,
+    ) -> None:
+        for name, value in (
+            ("patch_size", patch_size),
+            ("stride", stride),
+            ("coreset_size", coreset_size),
+            ("k", k),
+            ("feature_dim", feature_dim),
+            ("projection_dim", projection_dim),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if k > coreset_size:
+            raise ValueError(f"k ({k}) cannot exceed coreset_size ({coreset_size})")
+        if sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if len(input_mean) != 3 or len(input_std) != 3:
+            raise ValueError("input_mean and input_std must have 3 values (RGB)")
+        self.patch_size = patch_size
+        self.stride = stride
+        self.distance = check_distance(distance)
+        self.coreset_size = coreset_size
+        self.k = k
+        self.backbone = backbone
+        self.backbone_weights = backbone_weights
+        self.feature_dim = feature_dim
+        self.projection_dim = projection_dim
+        self.knn_backend = check_backend(knn_backend)
+        self.sigma = float(sigma)
+        self.seed = seed
+        self.device = device
+        self.input_mean = tuple(float(v) for v in input_mean)
+        self.input_std = tuple(float(v) for v in input_std)
+        self.progress = progress
+        self._extractor: FeatureExtractor | None = None
+        self._index: NearestNeighbourIndex | None = None
+
+    # ------------------------------------------------------------------ configuration
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-serialisable), as scikit-learn's ``get_params``."""
+        return {
+            "patch_size": self.patch_size,
+            "stride": self.stride,
+            "distance": self.distance,
+            "coreset_size": self.coreset_size,
+            "k": self.k,
+            "backbone": self.backbone,
+            "backbone_weights": self.backbone_weights,
+            "feature_dim": self.feature_dim,
+            "projection_dim": self.projection_dim,
+            "knn_backend": self.knn_backend,
+            "sigma": self.sigma,
+            "seed": self.seed,
+            "device": self.device,
+            "input_mean": list(self.input_mean),
+            "input_std": list(self.input_std),
+            "progress": self.progress,
+        }
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        """The backbone, built on first use."""
+        if self._extractor is None:
+            self._extractor = build_backbone(
+                self.backbone, self.backbone_weights, self.device, self.input_mean, self.input_std
+            )
+        return self._extractor
+
+    def is_fitted(self) -> bool:
+        """Whether a memory bank has been built or loaded."""
+        return hasattr(self, "memory_bank_")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted():
+            raise RuntimeError("this PatchCorePlus is not fitted yet: call fit(images) or load_state_dict() first")
+
+    # ------------------------------------------------------------------ fitting
+    def embed(self, layer_maps: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch features of one batch of backbone maps: ((B * h * w, feature_dim), (h, w))."""
+        return patch_features(
+            [m.to(self.device) for m in layer_maps], self.patch_size, self.stride, self.feature_dim
+        )
+
+    def fit(self, images: Iterable[torch.Tensor]) -> PatchCorePlus:
+        """Build the memory bank from nominal images.
+
+        Args:
+            images: iterable of (B, 3, H, W) batches normalised with ``input_mean`` / ``input_std``.
+
+        Returns:
+            self.
+        """
+        extractor = self.extractor
+        return self.fit_features(extractor(batch) for batch in images)
+
+    @torch.no_grad()
+    def fit_features(self, layer_maps_batches: Iterable[list[torch.Tensor]]) -> PatchCorePlus:
+        """Build the memory bank from precomputed backbone maps.
+
+        Args:
+            layer_maps_batches: iterable of [(B, C2, H2, W2), (B, C3, H3, W3)] per batch.
+
+        Returns:
+            self, with ``memory_bank_`` (M, feature_dim) float32, ``coreset_indices_`` (M,),
+            ``n_patches_seen_`` and ``patch_grid_`` set.
+        """
+        chunks = []
+        grid: tuple[int, int] | None = None
+        for maps in tqdm(layer_maps_batches, desc="features", disable=not self.progress, leave=False):
+            feats, grid = self.embed(maps)
+            chunks.append(feats.cpu())
+        if not chunks:
+            raise ValueError("fit received no training batches")
+        bank = torch.cat(chunks)  # (N, feature_dim)
+        del chunks
+        idx = greedy_coreset_indices(
+            bank,
+            self.coreset_size,
+            self.distance,
+            self.projection_dim,
+            self.seed,
+            device=self.device,
+            progress=self.progress,
+        )
+        self.n_patches_seen_ = int(bank.shape[0])
+        self.coreset_indices_ = idx
+        self.patch_grid_ = grid
+        self.memory_bank_ = bank[idx].contiguous()
+        logger.info("memory bank: %d of %d patches", self.memory_bank_.shape[0], self.n_patches_seen_)
+        self._build_index()
+        return self
+
+    def _build_index(self) -> None:
+        if self.k > self.memory_bank_.shape[0]:
+            raise ValueError(f"k = {self.k} exceeds the memory bank size {self.memory_bank_.shape[0]}")
+        self._index = NearestNeighbourIndex(self.memory_bank_, self.distance, self.knn_backend, self.device)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, images: Iterable[torch.Tensor]) -> Prediction:
+        """Heatmaps and image scores.
+
+        Args:
+            images: iterable of (B, 3, H, W) batches normalised with ``input_mean`` / ``input_std``.
+
+        Returns:
+            :class:`Prediction` with (N, H, W) heatmaps on the CPU and (N,) scores, in input order.
+        """
+        self._check_fitted()
+        extractor = self.extractor
+        parts = []
+        for batch in tqdm(images, desc="predict", disable=not self.progress, leave=False):
+            pred = self.predict_features(extractor(batch), tuple(batch.shape[-2:]))  # type: ignore[arg-type]
+            parts.append(Prediction(pred.heatmaps.cpu(), pred.scores.cpu(), pred.scores_reweighted.cpu()))
+        return Prediction.concat(parts)
+
+    @torch.no_grad()
+    def predict_features(self, layer_maps: list[torch.Tensor], out_size: tuple[int, int]) -> Prediction:
+        """Heatmaps and scores of one batch from precomputed backbone maps.
+
+        Args:
+            layer_maps: [(B, C2, H2, W2), (B, C3, H3, W3)].
+            out_size: (H, W) of the heatmaps (the input image size).
+
+        Returns:
+            :class:`Prediction` on ``self.device``: heatmaps (B, H, W), scores (B,), scores_reweighted (B,).
+        """
+        self._check_fitted()
+        assert self._index is not None
+        feats, (h, w) = self.embed(layer_maps)  # (B*h*w, F)
+        b = feats.shape[0] // (h * w)
+        knn = self._index.search(feats, self.k)
+        patch_scores = knn.distances.to(feats.device).mean(dim=1).reshape(b, h * w)  # (B, h*w)
+        grid = patch_scores.reshape(b, 1, h, w)  # (B, 1, h, w)
+        up = F.interpolate(grid, size=tuple(out_size), mode="bilinear", align_corners=False)  # (B, 1, H, W)
+        heatmaps = gaussian_smooth(up.squeeze(1), self.sigma)  # (B, H, W)
+        scores = heatmaps.flatten(1).amax(dim=1)  # (B,)
+        reweighted = self._reweighted_scores(feats.reshape(b, h * w, -1), patch_scores, knn.indices)
+        return Prediction(heatmaps, scores, reweighted)
+
+    def _reweighted_scores(
+        self, feats: torch.Tensor, patch_scores: torch.Tensor, nn_indices: torch.Tensor
+    ) -> torch.Tensor:
+        """PatchCore eq. 7: s = (1 - exp(s*) / sum_{m in N_b(m*)} exp(||m_test* - m||)) * s*.
+
+        m_test* is the image's highest-scoring patch, s* its score, m* its nearest bank patch and N_b(m*)
+        the b = 9 bank patches nearest m* (m* itself included), computed as a softmax for stability.
+
+        Args:
+            feats: (B, P, F) patch features; patch_scores: (B, P); nn_indices: (B * P, k).
+
+        Returns:
+            (B,) re-weighted scores.
+        """
+        assert self._index is not None
+        b, p, _ = feats.shape
+        s_star, where = patch_scores.max(dim=1)  # (B,), (B,)
+        rows = torch.arange(b)
+        test_star = feats[rows.to(feats.device), where]  # (B, F)
+        m_star = nn_indices.reshape(b, p, -1)[rows, where.cpu(), 0].cpu()  # (B,) nearest bank patch
+        bank = self.memory_bank_
+        n_b = min(REWEIGHT_NEIGHBOURS, bank.shape[0])
+        support = self._index.search(bank[m_star], n_b).indices.cpu()  # (B, n_b) = N_b(m*)
+        # m* belongs to its own neighbourhood; with duplicate bank vectors the search may return a twin
+        missing = ~(support == m_star.unsqueeze(1)).any(dim=1)
+        support[missing, -1] = m_star[missing]
+        is_star = support == m_star.unsqueeze(1)  # (B, n_b), one True per row
+        dists = torch.stack(
+            [self._point_distances(bank[support[i]], test_star[i].cpu()) for i in range(b)]
+        )  # (B, n_b) distances from m_test* to N_b(m*)
+        log_softmax = dists - torch.logsumexp(dists, dim=1, keepdim=True)
+        weight = 1.0 - torch.exp(log_softmax[is_star])  # (B,)
+        return weight.to(s_star.device) * s_star
+
+    def _point_distances(self, points: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        return distances_to_point(points.float(), centre.float(), self.distance)
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild the fitted predictor: ``params``, ``memory_bank``, ``coreset_indices``."""
+        self._check_fitted()
+        return {
+            "format": "visionad_multicore.PatchCorePlus/1",
+            "params": self.get_params(),
+            "memory_bank": self.memory_bank_.cpu(),
+            "coreset_indices": self.coreset_indices_.cpu(),
+            "n_patches_seen": self.n_patches_seen_,
+            "patch_grid": list(self.patch_grid_) if self.patch_grid_ else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> PatchCorePlus:
+        """Restore a fitted state from :meth:`state_dict`; the parameters must match this instance's."""
+        if state.get("format") != "visionad_multicore.PatchCorePlus/1":
+            raise ValueError(f"not a PatchCorePlus state (format {state.get('format')!r})")
+        mine, theirs = self.get_params(), state["params"]
+        ignore = {"device", "progress", "knn_backend"}
+        diff = {k for k in mine if k not in ignore and mine[k] != theirs.get(k)}
+        if diff:
+            raise ValueError(f"state was saved with different parameters: {sorted(diff)}")
+        self.memory_bank_ = state["memory_bank"].float().contiguous()
+        self.coreset_indices_ = state["coreset_indices"]
+        self.n_patches_seen_ = int(state["n_patches_seen"])
+        self.patch_grid_ = tuple(state["patch_grid"]) if state["patch_grid"] else None
+        self._build_index()
+        return self
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` to ``path`` atomically (torch format)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(self.state_dict(), tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | None = None) -> PatchCorePlus:
+        """Rebuild a fitted predictor saved with :meth:`save`, optionally on another ``device``."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        params = dict(state["params"])
+        if device is not None:
+            params["device"] = device
+        return cls(**params).load_state_dict(state)

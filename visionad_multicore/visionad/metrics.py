@@ -1,0 +1,723 @@
+"""VisionAD's evaluation metrics, reproduced exactly, with a vectorised AUPRO.
+
+Two layers:
+
+* Pure functions on numpy arrays or torch tensors: :func:`image_auroc`, :func:`pixel_auroc`, :func:`aupro`
+  and :func:`proportion_localised`. They check their arguments (shapes, binary masks, finite values) and
+  raise ``ValueError`` with a message saying what was expected.
+* VisionAD-shaped metric functions ``metric(heatmap_set, image_score_set, targets_set, paths_set) ->
+  (results, info)`` registered in :data:`METRICS` under VisionAD's names, and :func:`run_metrics`, which runs
+  a list of them the way VisionAD's ``wrapper.run_metrics`` does.
+
+The definitions are VisionAD's (``wrapper/metrics.py``), quirks included, so that scores agree with
+VisionAD's own code to 1e-9 on the same inputs (``benchmarks/check_metrics_vs_visionad.py`` checks this):
+
+* AUROC flip: an AUROC of 0.5 or below is reported as ``1 - AUROC`` (the detector is assumed to have its
+  sign the wrong way round). The wrappers log a warning naming the method when this happens.
+* AUPRO: thresholds ``np.arange(min, max, (max - min) / num_thresholds)[1:]`` over the anomalous maps only;
+  a pixel is predicted anomalous when ``map >= threshold``; the per-region overlap (PRO) is the mean over all
+  connected regions of all masks (``skimage.measure.label``, default connectivity, i.e. 8-connected); the
+  false positive rate counts the non-anomalous pixels of the anomalous images; rows with ``fpr < fpr_limit``
+  are kept, their fpr divided by its maximum and the area taken with ``sklearn.metrics.auc``. The same is
+  done for the reversed curve (``1 - pro`` against ``1 - fpr``) and the larger area is returned; a branch
+  that cannot be computed (fewer than two rows, all-zero fpr) counts as 0.
+* PL: the ``proportion_localised`` package's ``calculate`` with VisionAD's arguments.
+
+VisionAD's AUPRO loops over the thresholds with pandas; ours sorts each pixel into its threshold bin once
+(``np.searchsorted``) and counts with ``np.bincount``, which gives the same integer counts and is more than
+ten times faster (``benchmarks/bench_aupro.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from skimage import measure
+from sklearn.metrics import auc as sklearn_auc
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+ArrayLike = np.ndarray | torch.Tensor
+MetricResult = tuple[dict[str, float], dict[str, Any]]
+MetricFunction = Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any], Any], MetricResult]
+
+# Size that the proportion_localised package hard-codes for its images.
+PL_IMAGE_SIZE = 256
+# numpy < 2 rounds a float64 scalar to the array's dtype before comparing (value-based casting).
+_LEGACY_PROMOTION = np.lib.NumpyVersion(np.__version__) < "2.0.0"
+# Number of query values searched per block in the AUROC count (bounds the int64 temporaries).
+_AUROC_BLOCK = 1 << 22
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Argument handling
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    """Convert a tensor or array-like to a numpy array without changing its dtype (bfloat16 -> float32)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.numpy()
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise TypeError(f"{name}: expected a numeric array or tensor, got an object array")
+    return arr
+
+
+def _check_real(arr: np.ndarray, name: str) -> None:
+    """Raise if ``arr`` is empty, not real-valued numeric, or holds NaN or infinite values."""
+    if arr.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got shape {arr.shape}")
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise TypeError(f"{name}: expected real (float or integer) values, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        raise ValueError(f"{name}: expected finite values, found {n_nan} NaN and {n_inf} infinite values")
+
+
+def _scores_1d(x: Any, name: str) -> np.ndarray:
+    """Scores as a 1-D array: accepts shape ``(N,)`` or ``(N, 1)``."""
+    arr = _to_numpy(x, name)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected shape (N,) or (N, 1), got {arr.shape}")
+    _check_real(arr, name)
+    return arr
+
+
+def _maps_3d(x: Any, name: str) -> np.ndarray:
+    """Heatmaps as ``(N, H, W)``: accepts ``(N, H, W)`` or VisionAD's ``(N, 1, H, W)``."""
+    arr = _to_numpy(x, name)
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 3:
+        raise ValueError(f"{name}: expected shape (N, H, W) or (N, 1, H, W), got {arr.shape}")
+    _check_real(arr, name)
+    return arr
+
+
+def _masks_3d(x: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Binary masks as a bool ``(N, H, W)`` array of the given shape; any value other than 0/1 is an error."""
+    arr = _to_numpy(x, name)
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} (matching the maps), got {arr.shape}")
+    if arr.dtype == bool:
+        return arr
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name}: expected a binary mask, got dtype {arr.dtype}")
+    is_one = arr == 1
+    if not np.logical_or(is_one, arr == 0).all():
+        bad = np.unique(arr[~np.logical_or(is_one, arr == 0)])[:5]
+        raise ValueError(
+            f"{name}: expected a binary mask with values in {{0, 1}}, found values {bad.tolist()}"
+        )
+    return is_one
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AUROC
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Exact ROC AUC of positives against negatives (ties count one half), no flip.
+
+    Computed as the Mann-Whitney statistic in integer arithmetic: the smaller set is sorted and the larger
+    one searched in it, ``2U = sum(#smaller below + #smaller at-or-below)``, then one division. This equals
+    scikit-learn's ``roc_auc_score`` up to its floating-point rounding (~1e-15).
+    """
+    n_pos, n_neg = positives.size, negatives.size
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(
+            f"AUROC needs both classes: got {n_pos} anomalous and {n_neg} regular values "
+            "(ROC AUC is not defined with one class)"
+        )
+    dtype = np.result_type(positives.dtype, negatives.dtype)
+    pos = positives.astype(dtype, copy=False).ravel()
+    neg = negatives.astype(dtype, copy=False).ravel()
+    # Sort the smaller set; count, for every value of the larger, how many of the smaller lie on each side.
+    sort_pos = n_pos <= n_neg
+    reference = np.sort(pos if sort_pos else neg)
+    queries = neg if sort_pos else pos
+    n_ref = reference.size
+    twice_u = 0  # Python int: no overflow
+    for start in range(0, queries.size, _AUROC_BLOCK):
+        block = queries[start : start + _AUROC_BLOCK]
+        below = np.searchsorted(reference, block, side="left")  # reference < q
+        at_or_below = np.searchsorted(reference, block, side="right")  # reference <= q
+        if sort_pos:
+            # For each negative q: positives above q count 1, positives equal to q count 1/2.
+            twice_u += (
+                2 * n_ref * block.size - int(below.sum(dtype=np.int64)) - int(at_or_below.sum(dtype=np.int64))
+            )
+        else:
+            # For each positive q: negatives below q count 1, negatives equal to q count 1/2.
+            twice_u += int(below.sum(dtype=np.int64)) + int(at_or_below.sum(dtype=np.int64))
+    return twice_u / (2 * n_pos * n_neg)
+
+
+def _flip(score: float) -> float:
+    """VisionAD's rule: keep an AUROC above 0.5, otherwise report ``1 - AUROC``."""
+    return score if score > 0.5 else 1.0 - score
+
+
+def image_auroc(scores_regular: ArrayLike, scores_anomalous: ArrayLike, flip: bool = True) -> float:
+    """Image-level ROC AUC, anomalous images as the positive class.
+
+    Args:
+        scores_regular: Scores of the regular (defect-free) test images, shape ``(M,)`` or ``(M, 1)``.
+        scores_anomalous: Scores of the anomalous test images, shape ``(N,)`` or ``(N, 1)``.
+        flip: Apply VisionAD's flip: an AUROC of 0.5 or below is reported as ``1 - AUROC``.
+
+    Returns:
+        The AUROC in [0, 1] (in [0.5, 1] with ``flip``).
+
+    Raises:
+        ValueError: Wrong shapes, non-finite scores, or an empty set.
+
+    Memory: a sorted copy of the smaller set plus int64 counts for the larger one (O(N + M)).
+    """
+    regular = _scores_1d(scores_regular, "scores_regular")
+    anomalous = _scores_1d(scores_anomalous, "scores_anomalous")
+    score = _auroc(anomalous, regular)
+    return _flip(score) if flip else score
+
+
+def pixel_auroc(
+    maps_anomalous: ArrayLike,
+    masks: ArrayLike,
+    maps_regular: ArrayLike | None = None,
+    flip: bool = True,
+) -> float:
+    """Pixel-level ROC AUC: anomalous-mask pixels are positives, all other pixels negatives.
+
+    Args:
+        maps_anomalous: Heatmaps of the anomalous test images, ``(N, H, W)`` or ``(N, 1, H, W)``.
+        masks: Ground-truth masks of those images in {0, 1}, same shape as ``maps_anomalous``.
+        maps_regular: Heatmaps of the regular test images, ``(M, H', W')`` or ``(M, 1, H', W')``; all of their
+            pixels are labelled 0. ``None`` gives VisionAD's "anomalous only" variant.
+        flip: Apply VisionAD's flip: an AUROC of 0.5 or below is reported as ``1 - AUROC``.
+
+    Returns:
+        The AUROC in [0, 1] (in [0.5, 1] with ``flip``).
+
+    Raises:
+        ValueError: Wrong shapes, non-binary masks, non-finite values, or only one class present.
+
+    Memory: copies of the positive and negative pixel values (one array's worth, ``N*H*W + M*H'*W'`` values of
+    the maps' dtype), a sorted copy of the smaller class and int64 counts in blocks of 4M values.
+    """
+    anomalous = _maps_3d(maps_anomalous, "maps_anomalous")
+    labels = _masks_3d(masks, "masks", anomalous.shape)
+    positives = anomalous[labels]
+    negatives = anomalous[~labels]
+    if maps_regular is not None:
+        regular = _maps_3d(maps_regular, "maps_regular")
+        dtype = np.result_type(anomalous.dtype, regular.dtype)
+        negatives = np.concatenate(
+            [negatives.astype(dtype, copy=False), regular.astype(dtype, copy=False).ravel()]
+        )
+    score = _auroc(positives, negatives)
+    return _flip(score) if flip else score
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AUPRO
+# ----------------------------------------------------------------------------------------------------------
+
+
+def aupro_thresholds(maps: np.ndarray, num_thresholds: int) -> np.ndarray:
+    """VisionAD's AUPRO thresholds: ``np.arange(min, max, (max - min) / num_thresholds)[1:]``.
+
+    Computed with the maps' own dtype exactly as VisionAD does, so the floating-point values are identical.
+    """
+    min_th = maps.min()
+    max_th = maps.max()
+    delta = (max_th - min_th) / num_thresholds
+    return np.arange(min_th, max_th, delta)[1:]
+
+
+def comparable_thresholds(
+    thresholds: np.ndarray, dtype: np.dtype, legacy_promotion: bool = _LEGACY_PROMOTION
+) -> tuple[np.ndarray, np.dtype]:
+    """Thresholds and a working dtype in which ``values >= thresholds`` gives exactly VisionAD's answers.
+
+    VisionAD compares maps of ``dtype`` with the float64 thresholds of ``np.arange``. With numpy >= 2 the
+    comparison happens in float64; for a narrower float ``dtype`` the same answers come from comparing, in
+    ``dtype``, with the smallest ``dtype`` value not below each threshold (no 8-byte copy of the maps). With
+    numpy 1.x value-based casting the thresholds are instead rounded to ``dtype`` (``legacy_promotion``).
+    Integer maps are compared in float64, as numpy does.
+
+    Args:
+        thresholds: Ascending thresholds, ``(T,)``.
+        dtype: dtype of the maps.
+        legacy_promotion: Reproduce numpy 1.x's rounding of the scalar threshold to ``dtype``.
+
+    Returns:
+        ``(thresholds_in_working_dtype (T,), working_dtype)``, still ascending.
+    """
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating) or np.dtype(dtype).itemsize >= thresholds.dtype.itemsize:
+        work = np.result_type(dtype, thresholds.dtype)
+        return thresholds.astype(work), work
+    narrow = thresholds.astype(dtype)  # round to nearest
+    if not legacy_promotion:
+        below = narrow.astype(thresholds.dtype) < thresholds
+        narrow[below] = np.nextafter(narrow[below], np.array(np.inf, dtype=dtype))
+    return narrow, dtype
+
+
+def pro_curve(
+    maps: ArrayLike, masks: ArrayLike, num_thresholds: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-region-overlap curve at VisionAD's thresholds, without a loop over thresholds.
+
+    Per image: the regular pixels are sorted once and the thresholds searched in them, which counts the false
+    positives at every threshold; each region pixel gets its bin ``k = searchsorted(thresholds, value,
+    "right")`` (the number of thresholds ``<= value``, so it is predicted anomalous at threshold ``j``
+    exactly when ``j < k``), and ``np.bincount`` over (region, bin) summed from the top gives every region's
+    true positives at every threshold. These are the integer counts VisionAD gets by thresholding the maps
+    with ``>=`` (see :func:`comparable_thresholds` for the dtypes).
+
+    Args:
+        maps: Heatmaps of the anomalous test images, ``(N, H, W)`` or ``(N, 1, H, W)``.
+        masks: Their binary ground-truth masks, same shape.
+        num_thresholds: VisionAD's ``num_th``.
+
+    Returns:
+        ``(thresholds, pro, fpr)``, each of shape ``(T,)`` with ``T`` about ``num_thresholds - 1``: the mean
+        per-region overlap and the false positive rate (over the masks' zero pixels; NaN when there are
+        none) at each threshold, thresholds ascending.
+
+    Raises:
+        ValueError: Bad shapes or values, constant maps, or masks without any anomalous region.
+
+    Memory: a sorted copy of one image's regular pixels and int64 bins for its region pixels at a time, plus
+    ``R x (T + 1)`` int64 counts for the ``R`` regions (e.g. 100 regions x 200 thresholds = 160 kB); with
+    integer maps also a float64 copy of one image.
+    """
+    if (
+        isinstance(num_thresholds, bool)
+        or not isinstance(num_thresholds, int | np.integer)
+        or num_thresholds < 2
+    ):
+        raise ValueError(f"num_thresholds: expected an integer >= 2, got {num_thresholds!r}")
+    amaps = _maps_3d(maps, "maps")
+    gt = _masks_3d(masks, "masks", amaps.shape)
+    if amaps.min() == amaps.max():
+        raise ValueError(f"maps: all values equal ({amaps.min()}), AUPRO thresholds are undefined")
+
+    thresholds = aupro_thresholds(amaps, int(num_thresholds))
+    if np.any(np.diff(thresholds) < 0):  # np.arange is monotone; the counting relies on it
+        raise RuntimeError("AUPRO thresholds are not ascending")
+    work_thresholds, work_dtype = comparable_thresholds(thresholds, amaps.dtype)
+    n_bins = thresholds.size + 1
+
+    fp = np.zeros(thresholds.size, dtype=np.int64)  # (T,) regular pixels >= each threshold
+    region_hists: list[np.ndarray] = []  # per image: (R_i, n_bins)
+    region_areas: list[np.ndarray] = []  # per image: (R_i,)
+    for amap, mask in zip(amaps, gt):
+        values = amap.ravel().astype(work_dtype, copy=False)  # (H*W,)
+        regions = measure.label(mask).ravel()  # (H*W,) 0 = background, 1..R_i regions
+        inside = regions > 0
+        regular = np.sort(values[~inside])
+        fp += regular.size - np.searchsorted(regular, work_thresholds, side="left")
+        n_regions = int(regions.max())
+        if n_regions == 0:
+            continue
+        bins = np.searchsorted(work_thresholds, values[inside], side="right")  # thresholds <= value
+        flat = (regions[inside].astype(np.int64) - 1) * n_bins + bins
+        region_hists.append(np.bincount(flat, minlength=n_regions * n_bins).reshape(n_regions, n_bins))
+        region_areas.append(np.bincount(regions[inside], minlength=n_regions + 1)[1:])
+    if not region_hists:
+        raise ValueError("masks: no anomalous region in any mask, the per-region overlap is undefined")
+
+    hist = np.concatenate(region_hists)  # (R, n_bins)
+    areas = np.concatenate(region_areas)  # (R,)
+    # Pixels with bin index > j are those >= thresholds[j]: suffix sums, dropping bin 0.
+    tp = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (R, T)
+    pro = (tp / areas[:, None]).mean(axis=0)  # (T,) mean over all regions of all images
+    n_regular = int((~gt).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fpr = fp / n_regular  # NaN when no regular pixel, as in VisionAD
+    return thresholds, pro, fpr
+
+
+def _pro_branch(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> tuple[float, dict[str, list[float]]]:
+    """Area under one PRO curve, VisionAD's way; 0 when it cannot be computed."""
+    keep = fpr < fpr_limit
+    x = fpr[keep]
+    y = pro[keep]
+    info = {"fpr": fpr.tolist(), "pro": pro.tolist()}
+    if x.size < 2 or not x.max() > 0:  # sklearn's auc needs two points; all-zero fpr gives 0/0
+        return 0.0, info
+    x = x / x.max()
+    try:
+        area = float(sklearn_auc(x, y))
+    except ValueError:  # non-monotonic x; cannot happen for a PRO curve but VisionAD counts it as 0
+        return 0.0, info
+    info.update({"fpr_crop_normalised": x.tolist(), "pro_crop_normalised": y.tolist()})
+    return area, info
+
+
+def aupro_with_info(
+    maps: ArrayLike, masks: ArrayLike, num_thresholds: int = 200, fpr_limit: float = 0.3
+) -> tuple[float, dict[str, Any]]:
+    """:func:`aupro` plus the curves of the winning branch and whether the reversed curve won.
+
+    Returns:
+        ``(score, info)``; ``info`` has ``reversed`` (bool), ``fpr`` and ``pro`` (full curve),
+        ``fpr_crop_normalised`` and ``pro_crop_normalised`` (the part integrated, when it exists).
+    """
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit: expected a value in (0, 1], got {fpr_limit!r}")
+    _, pro, fpr = pro_curve(maps, masks, num_thresholds)
+    forward, forward_info = _pro_branch(fpr, pro, fpr_limit)
+    backward, backward_info = _pro_branch(1 - fpr, 1 - pro, fpr_limit)
+    if backward > forward:  # ties go to the forward curve, like np.argmax in VisionAD
+        return backward, {"reversed": True, **backward_info}
+    return forward, {"reversed": False, **forward_info}
+
+
+def aupro(maps: ArrayLike, masks: ArrayLike, num_thresholds: int = 200, fpr_limit: float = 0.3) -> float:
+    """Area under the per-region-overlap curve up to ``fpr_limit``, VisionAD's definition.
+
+    See the module docstring for the exact definition (thresholds over the anomalous maps only, ``>=``,
+    mean over all regions, fpr normalised by its maximum kept value, max of the forward and reversed curves).
+
+    Args:
+        maps: Heatmaps of the anomalous test images, ``(N, H, W)`` or ``(N, 1, H, W)``.
+        masks: Their binary ground-truth masks, same shape; regions are 8-connected components.
+        num_thresholds: Number of threshold steps between the maps' minimum and maximum (>= 2).
+        fpr_limit: Keep curve points with false positive rate strictly below this.
+
+    Returns:
+        The AUPRO in [0, 1]; 0 when neither curve has two points below ``fpr_limit``.
+
+    Raises:
+        ValueError: Bad shapes or values, constant maps, or masks without any anomalous region.
+
+    Memory: see :func:`pro_curve`; about 8 bytes per pixel of one image plus small per-region counts.
+    """
+    return aupro_with_info(maps, masks, num_thresholds, fpr_limit)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Proportion localised
+# ----------------------------------------------------------------------------------------------------------
+
+
+def proportion_localised(
+    maps: ArrayLike,
+    masks: ArrayLike,
+    iou_limit: float = 0.3,
+    min_target_scale: float = 1 / 8,
+    n_thresholds: int = 25,
+    overlap_limit: float = 1 / 3,
+) -> float:
+    """The PL score of the ``proportion_localised`` package (Taylor et al., TMLR 2024).
+
+    The proportion of anomalies (merged, rotated bounding boxes of the mask regions) whose IoU with the
+    thresholded heatmap exceeds ``iou_limit``, at the best of ``n_thresholds`` percentile thresholds, in
+    whichever direction of the heatmap scores higher. Calls ``proportion_localised.calculate`` with the
+    arguments VisionAD uses.
+
+    Args:
+        maps: Heatmaps of the anomalous test images, ``(N, 256, 256)`` or ``(N, 1, 256, 256)`` (the package
+            hard-codes 256 x 256 images).
+        masks: Their binary ground-truth masks, same shape; each must contain at least one anomalous pixel.
+        iou_limit: IoU above which an anomaly counts as localised.
+        min_target_scale: Boxes are enlarged to at least this fraction of the image side.
+        n_thresholds: Number of percentile thresholds tried.
+        overlap_limit: Boxes overlapping more than this are merged.
+
+    Returns:
+        The PL score in [0, 1].
+
+    Raises:
+        ValueError: Bad shapes or values, images not 256 x 256, or an image whose mask is empty.
+
+    Memory: the package allocates ``256 x 256 x R`` float64 distances per image with ``R`` regions, and a few
+    ``256 x 256`` masks per region.
+    """
+    import proportion_localised as pl  # heavy (cv2, shapely): imported on use
+
+    heatmaps = _maps_3d(maps, "maps")
+    gt = _masks_3d(masks, "masks", heatmaps.shape)
+    if heatmaps.shape[1:] != (PL_IMAGE_SIZE, PL_IMAGE_SIZE):
+        raise ValueError(
+            f"maps: proportion_localised needs {PL_IMAGE_SIZE}x{PL_IMAGE_SIZE} images, got {heatmaps.shape[1:]}"
+        )
+    empty = np.flatnonzero(~gt.reshape(gt.shape[0], -1).any(axis=1))
+    if empty.size:
+        raise ValueError(
+            f"masks: images {empty[:10].tolist()} have no anomalous pixel; PL needs one per image"
+        )
+    score, _ = pl.calculate(
+        heatmaps,
+        gt.astype(np.float32),
+        iou_limit,
+        min_target_scale=min_target_scale,
+        n_thresholds=n_thresholds,
+        overlap_limit=overlap_limit,
+    )
+    return float(score)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# VisionAD-shaped metrics
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _get(mapping: Mapping[str, Any], key: str, where: str) -> Any:
+    """``mapping[key]`` with an error naming the missing key and the ones present."""
+    try:
+        return mapping[key]
+    except KeyError:
+        raise KeyError(f"{where}: missing key {key!r}; present keys: {sorted(mapping)}") from None
+
+
+def _flip_logged(score: float, metric: str, method: str) -> tuple[float, bool]:
+    """VisionAD's flip, with a warning when it changes the score."""
+    if score < 0.5:
+        logger.warning(
+            "%s for method %r is %.4f < 0.5: reporting 1 - AUROC = %.4f (VisionAD's flip)",
+            metric,
+            method,
+            score,
+            1.0 - score,
+        )
+    return _flip(score), score <= 0.5
+
+
+def _per_method(
+    metric: str, methods: Sequence[str], compute: Callable[[str], tuple[float, dict[str, Any]]]
+) -> MetricResult:
+    """Run ``compute(method)`` for every method; a failure is logged and that method skipped, as VisionAD does."""
+    results: dict[str, float] = {}
+    info: dict[str, Any] = {}
+    for method in methods:
+        try:
+            score, method_info = compute(method)
+        except Exception as err:  # noqa: BLE001 - VisionAD skips any failing method
+            logger.warning(
+                "Unable to calculate %s for method %r: %s: %s", metric, method, type(err).__name__, err
+            )
+            continue
+        results[method] = float(score)
+        info[method] = method_info
+    return results, info
+
+
+def imagewise_auc(
+    heatmap_set: Mapping[str, Any],
+    image_score_set: Mapping[str, Any],
+    targets_set: Mapping[str, Any],
+    paths_set: Any,
+) -> MetricResult:
+    """VisionAD's ``Imagewise_AUC``: :func:`image_auroc` per method of ``image_score_set``.
+
+    Args:
+        heatmap_set: Unused (VisionAD's signature).
+        image_score_set: ``{"image_score_set_regular": {method: (M,)}, "image_score_set_novel": {method: (N,)}}``.
+        targets_set: Unused.
+        paths_set: Unused.
+
+    Returns:
+        ``({method: auroc}, {method: {"auroc_unflipped", "flipped"}})``.
+    """
+    regular = _get(image_score_set, "image_score_set_regular", "image_score_set")
+    novel = _get(image_score_set, "image_score_set_novel", "image_score_set")
+
+    def compute(method: str) -> tuple[float, dict[str, Any]]:
+        raw = image_auroc(regular[method], _get(novel, method, "image_score_set_novel"), flip=False)
+        score, flipped = _flip_logged(raw, "Imagewise_AUC", method)
+        return score, {"auroc_unflipped": raw, "flipped": flipped}
+
+    return _per_method("Imagewise_AUC", list(regular), compute)
+
+
+def _pixelwise_auc(
+    heatmap_set: Mapping[str, Any], targets_set: Mapping[str, Any], novel_only: bool, metric: str
+) -> MetricResult:
+    novel = _get(heatmap_set, "heatmap_set_novel", "heatmap_set")
+    targets = _get(targets_set, "targets_novel", "targets_set")
+
+    def compute(method: str) -> tuple[float, dict[str, Any]]:
+        regular = (
+            None
+            if novel_only
+            else _get(_get(heatmap_set, "heatmap_set_regular", "heatmap_set"), method, "heatmap_set_regular")
+        )
+        raw = pixel_auroc(novel[method], targets, regular, flip=False)
+        score, flipped = _flip_logged(raw, metric, method)
+        return score, {"auroc_unflipped": raw, "flipped": flipped}
+
+    return _per_method(metric, list(novel), compute)
+
+
+def pixelwise_auc(
+    heatmap_set: Mapping[str, Any],
+    image_score_set: Mapping[str, Any],
+    targets_set: Mapping[str, Any],
+    paths_set: Any,
+) -> MetricResult:
+    """VisionAD's ``Pixelwise_AUC``: :func:`pixel_auroc` over anomalous and regular heatmaps, per method.
+
+    Args:
+        heatmap_set: ``{"heatmap_set_regular": {method: (M, 1, H, W)}, "heatmap_set_novel": {method: (N, 1, H, W)}}``.
+        image_score_set: Unused.
+        targets_set: ``{"targets_novel": (N, 1, H, W)}`` binary masks.
+        paths_set: Unused.
+    """
+    return _pixelwise_auc(heatmap_set, targets_set, novel_only=False, metric="Pixelwise_AUC")
+
+
+def pixelwise_auc_anom_only(
+    heatmap_set: Mapping[str, Any],
+    image_score_set: Mapping[str, Any],
+    targets_set: Mapping[str, Any],
+    paths_set: Any,
+) -> MetricResult:
+    """VisionAD's ``Pixelwise_AUC_anom_only``: :func:`pixel_auroc` over the anomalous heatmaps only."""
+    return _pixelwise_auc(heatmap_set, targets_set, novel_only=True, metric="Pixelwise_AUC_anom_only")
+
+
+def pixelwise_aupro(
+    heatmap_set: Mapping[str, Any],
+    image_score_set: Mapping[str, Any],
+    targets_set: Mapping[str, Any],
+    paths_set: Any,
+) -> MetricResult:
+    """VisionAD's ``Pixelwise_AUPRO``: :func:`aupro` (200 thresholds, fpr < 0.3) per method.
+
+    Returns:
+        ``({method: aupro}, {method: info of aupro_with_info})``.
+    """
+    novel = _get(heatmap_set, "heatmap_set_novel", "heatmap_set")
+    targets = _get(targets_set, "targets_novel", "targets_set")
+
+    def compute(method: str) -> tuple[float, dict[str, Any]]:
+        score, info = aupro_with_info(novel[method], targets)
+        if info["reversed"]:
+            logger.warning(
+                "Pixelwise_AUPRO for method %r: the reversed PRO curve scored higher (%.4f)", method, score
+            )
+        return score, info
+
+    return _per_method("Pixelwise_AUPRO", list(novel), compute)
+
+
+def pl_metric(
+    heatmap_set: Mapping[str, Any],
+    image_score_set: Mapping[str, Any],
+    targets_set: Mapping[str, Any],
+    paths_set: Any,
+) -> MetricResult:
+    """VisionAD's ``PL``: :func:`proportion_localised` with IoU limit 0.3 per method (256 x 256 heatmaps)."""
+    novel = _get(heatmap_set, "heatmap_set_novel", "heatmap_set")
+    targets = _get(targets_set, "targets_novel", "targets_set")
+
+    def compute(method: str) -> tuple[float, dict[str, Any]]:
+        return proportion_localised(novel[method], targets, iou_limit=0.3), {}
+
+    return _per_method("PL", list(novel), compute)
+
+
+METRICS: dict[str, MetricFunction] = {
+    "Imagewise_AUC": imagewise_auc,
+    "Pixelwise_AUC": pixelwise_auc,
+    "Pixelwise_AUC_anom_only": pixelwise_auc_anom_only,
+    "Pixelwise_AUPRO": pixelwise_aupro,
+    "PL": pl_metric,
+}
+"""VisionAD's metric names -> metric functions, in VisionAD's order."""
+
+
+def resolve_metric_names(metric_names: Sequence[str] | str) -> list[str]:
+    """Validate metric names; ``"all"`` anywhere in the list means every metric in :data:`METRICS`.
+
+    Raises:
+        ValueError: An unknown name (the message lists the known ones).
+    """
+    names = [metric_names] if isinstance(metric_names, str) else list(metric_names)
+    if "all" in names:
+        return list(METRICS)
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"Unknown metric(s) {unknown}; known metrics: {list(METRICS)} or 'all'")
+    return list(dict.fromkeys(names))
+
+
+def run_metrics(
+    metric_names: Sequence[str] | str,
+    heatmap_set: Mapping[str, Any],
+    image_score_set: Mapping[str, Any],
+    targets_set: Mapping[str, Any],
+    paths_set: Any,
+    include_metric_data: bool = False,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Run VisionAD metrics on the output of ``ModelWrapper.test()``.
+
+    Args:
+        metric_names: Names from :data:`METRICS`, or ``["all"]``.
+        heatmap_set: ``{"heatmap_set_regular": {method: (M, 1, H, W)}, "heatmap_set_novel": {method: (N, 1, H, W)}}``.
+        image_score_set: ``{"image_score_set_regular": {method: (M,)}, "image_score_set_novel": {method: (N,)}}``.
+        targets_set: ``{"targets_novel": (N, 1, H, W)}`` binary masks.
+        paths_set: Passed through (VisionAD's signature).
+        include_metric_data: Also return each metric's info dict under ``"metric_data"`` (VisionAD's
+            ``save_metric_meta_data``).
+        progress: Show a progress bar over the metrics.
+
+    Returns:
+        ``{metric: {"metric_results": {method: float}}}``; a method whose metric failed is logged and missing.
+
+    Raises:
+        ValueError: An unknown metric name (checked before anything is computed).
+    """
+    names = resolve_metric_names(metric_names)
+    out: dict[str, dict[str, Any]] = {}
+    for name in tqdm(names, desc="metrics", disable=not progress, leave=False):
+        start = time.perf_counter()
+        results, info = METRICS[name](heatmap_set, image_score_set, targets_set, paths_set)
+        out[name] = {"metric_results": results}
+        if include_metric_data:
+            out[name]["metric_data"] = info
+        logger.info("%s: %s (%.2g s)", name, results, time.perf_counter() - start)
+    return out
+
+
+__all__ = [
+    "METRICS",
+    "aupro",
+    "aupro_thresholds",
+    "aupro_with_info",
+    "comparable_thresholds",
+    "image_auroc",
+    "imagewise_auc",
+    "pixel_auroc",
+    "pixelwise_aupro",
+    "pixelwise_auc",
+    "pixelwise_auc_anom_only",
+    "pl_metric",
+    "pro_curve",
+    "proportion_localised",
+    "resolve_metric_names",
+    "run_metrics",
+]
