@@ -50,7 +50,9 @@ def make_data(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return maps.astype(np.float32), masks
 
 
-def pandas_loop_aupro(maps: np.ndarray, masks: np.ndarray, num_th: int = 200, fpr_limit: float = 0.3) -> float:
+def pandas_loop_aupro(
+    maps: np.ndarray, masks: np.ndarray, num_th: int = 200, fpr_limit: float = 0.3
+) -> float:
     """The slow baseline: VisionAD's AUPRO computed one threshold at a time into a pandas DataFrame."""
     regions = [[r.coords for r in measure.regionprops(measure.label(mask))] for mask in masks]
     step = (maps.max() - maps.min()) / num_th
@@ -59,7 +61,11 @@ def pandas_loop_aupro(maps: np.ndarray, masks: np.ndarray, num_th: int = 200, fp
     rows = pd.DataFrame(columns=["pro", "fpr"], dtype=float)
     for th in np.arange(maps.min(), maps.max(), step)[1:]:
         predicted = maps >= th
-        overlaps = [predicted[i][c[:, 0], c[:, 1]].mean() for i, image_regions in enumerate(regions) for c in image_regions]
+        overlaps = [
+            predicted[i][c[:, 0], c[:, 1]].mean()
+            for i, image_regions in enumerate(regions)
+            for c in image_regions
+        ]
         fpr = np.logical_and(predicted, regular).sum() / n_regular
         row = pd.DataFrame({"pro": [float(np.mean(overlaps))], "fpr": [fpr]})
         rows = row if rows.empty else pd.concat([rows, row], ignore_index=True)
@@ -86,7 +92,9 @@ def time_it(fn: Callable[[], float], repeats: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n_images", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)

@@ -24,7 +24,6 @@ import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +64,9 @@ def smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
     return noise / noise.std()
 
 
-def make_case(rng: np.random.Generator, kind: str, n_novel: int, n_regular: int) -> tuple[dict, dict, dict, dict]:
+def make_case(
+    rng: np.random.Generator, kind: str, n_novel: int, n_regular: int
+) -> tuple[dict, dict, dict, dict]:
     """One VisionAD-shaped input set of the given kind, as torch tensors like ``ModelWrapper.test()`` gives."""
     max_regions = 6 if kind == "multi_region" else 2
     masks = random_masks(rng, n_novel, max_regions)
@@ -128,7 +129,9 @@ def run_reference(reference: ModuleType, name: str, inputs: tuple) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--visionad_root", type=Path, required=True, help="VisionAD checkout (has wrapper/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n_novel", type=int, default=6, help="anomalous images per case")
@@ -152,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 warnings.simplefilter("ignore")
                 ours, _ = ours_fn(*inputs)
             if set(theirs) != set(ours):
-                failures.append(f"{kind}/{name}: methods scored differ: VisionAD {sorted(theirs)}, ours {sorted(ours)}")
+                failures.append(
+                    f"{kind}/{name}: methods scored differ: VisionAD {sorted(theirs)}, ours {sorted(ours)}"
+                )
             for method in sorted(set(theirs) | set(ours)):
                 a, b = theirs.get(method, float("nan")), ours.get(method, float("nan"))
                 diff = abs(a - b)

@@ -388,6 +388,6 @@ def test_published_row_with_our_dataset_key_joins_its_table(results: Path, tmp_p
     board = lb.build_leaderboard([results], published=lb.load_published(pub))
     md = lb.render(board, "md")
     ds1 = md.split("## ds1")[1].split("## ds2")[0]
-    assert "| Ref † | r | 0.9990 |" in ds1 and lb.PUBLISHED_MARK in ds1
-    assert "**0.9990**" not in md  # never bolded as best
+    assert "| Ref † | r | 0.9900 |" in ds1 and lb.PUBLISHED_MARK in ds1
+    assert "**0.9900**" not in md and "| alpha | m1 | **0.9000** |" in ds1  # never bolded as best
     assert ("Ref", "r") not in {(r.algorithm, r.method) for r in board.ranks}

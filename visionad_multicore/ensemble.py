@@ -13,7 +13,8 @@ Pipeline (SPEC section 3):
 2. Each member's heatmaps of the clean fusion-share images give that member's normalisation mean and std
    (over all pixels); heatmaps are normalised as ``(h - mean) / std`` before fusion and averaging.
 3. The synthetic set (SSA masks, Gaussian noise) is scored once by every member; the normalised maps are
-   cached in memory as float16 (``S * M * H * W * 2`` bytes: 4000 images, MC8, 256 px = 4.2 GB).
+   cached in memory as float16 (``S * M * H * W * 2`` bytes: 4000 images, MC8, 256 px = 4.2 GB), at the
+   HFM's ``work_size`` when one is set (a CPU compromise; validation is then still at full size).
 4. :meth:`MultiCore.train_epoch` trains the UNet for one epoch on the cache; a held-out validation split of
    the synthetic set picks the checkpoint used by :meth:`predict`. No test image is seen before evaluation.
 
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -236,7 +238,8 @@ class MultiCore:
         self._feature_extractor: Any = None
         self._feature_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         self._trainer: HFMTrainer | None = None
-        self._cache: tuple[Tensor, Tensor] | None = None  # (S, M, H, W) normalised maps, (S, 1, H, W) masks
+        self._cache: tuple[Tensor, Tensor] | None = None  # (S, M, h, w) normalised maps, (S, 1, h, w) targets
+        self._labels: Tensor | None = None  # (S, 1, H, W) bool masks when the HFM works below (H, W)
         self._train_idx: np.ndarray | None = None
         self._val_idx: np.ndarray | None = None
         self._fusion_stale = True
@@ -406,21 +409,32 @@ class MultiCore:
             seed=self.seed,
         )
         n_members, (height, width) = len(self.members), self.image_size_
+        work = (self.hfm.work_size, self.hfm.work_size) if self.hfm.work_size else (height, width)
         dtype = torch.float16 if self.cache_dtype == "float16" else torch.float32
-        cache_maps = torch.empty((len(synthetic), n_members, height, width), dtype=dtype)
-        cache_masks = torch.empty((len(synthetic), 1, height, width), dtype=torch.bool)
+        cache_maps = torch.empty((len(synthetic), n_members, *work), dtype=dtype)  # (S, M, h, w)
+        cache_targets = torch.empty((len(synthetic), 1, *work), dtype=torch.float16)  # (S, 1, h, w) in [0, 1]
+        labels = (
+            torch.empty((len(synthetic), 1, height, width), dtype=torch.bool) if self.hfm.work_size else None
+        )  # full-size masks for the validation AUROC when the HFM works at a lower resolution
         logger.info(
-            "Scoring %d synthetic images with %d members (cache %.1f MB)",
+            "Scoring %d synthetic images with %d members (cache %.1f MB at %dx%d)",
             len(synthetic),
             n_members,
             cache_maps.numel() * cache_maps.element_size() / 2**20,
+            *work,
         )
         for s in self._batches(len(synthetic), "Synthetic maps"):
             idx = list(range(s, min(s + self.batch_size, len(synthetic))))
-            images, masks = synthetic.tensors(idx)
-            cache_maps[s : s + len(idx)] = self._normalise(self._member_maps(images)[0]).to(dtype)
-            cache_masks[s : s + len(idx)] = masks > 0.5
-        self._cache = (cache_maps, cache_masks)
+            images, masks = synthetic.tensors(idx)  # (b, 3, H, W), (b, 1, H, W)
+            normalised = self._normalise(self._member_maps(images)[0])  # (b, M, H, W)
+            if labels is not None:
+                labels[s : s + len(idx)] = masks > 0.5
+                normalised = F.interpolate(normalised, size=work, mode="area")
+                masks = F.interpolate(masks, size=work, mode="area")  # soft targets at the work size
+            cache_maps[s : s + len(idx)] = normalised.to(dtype)
+            cache_targets[s : s + len(idx)] = masks.to(torch.float16)
+        self._cache = (cache_maps, cache_targets)
+        self._labels = labels
         self._train_idx, self._val_idx = split_train_validation(
             len(synthetic), self.hfm.validation_fraction, self.seed
         )
@@ -449,7 +463,9 @@ class MultiCore:
         """Train the HFM for one epoch on the synthetic cache (after :meth:`prepare`)."""
         if self._trainer is None or self._cache is None or self._train_idx is None or self._val_idx is None:
             raise RuntimeError("MultiCore.train_epoch: call prepare() first (a loaded model cannot be trained)")
-        record = self._trainer.run_epoch(*self._cache, self._train_idx, self._val_idx, progress=self.progress)
+        record = self._trainer.run_epoch(
+            *self._cache, self._train_idx, self._val_idx, progress=self.progress, labels=self._labels
+        )
         self.hfm_epochs_ = self._trainer.epoch
         self._fusion_stale = True
         return record
@@ -544,14 +560,19 @@ class MultiCore:
         for member, member_state in zip(self.members, state["members"]):
             member.load_state_dict(member_state)
         fusion = UNet(
-            len(self.members), self.hfm.unet_width, self.hfm.unet_depth, self.hfm.residual_mean, seed=self.hfm.seed
+            len(self.members),
+            self.hfm.unet_width,
+            self.hfm.unet_depth,
+            self.hfm.residual_mean,
+            seed=self.hfm.seed,
+            work_size=self.hfm.work_size,
         )
         fusion.load_state_dict(state["unet"])
         self.fusion_ = fusion.to(self.device).eval()
         best = int(state.get("hfm_best_epoch", -1))
         self.hfm_best_epoch_ = None if best < 0 else best
         self.hfm_epochs_ = int(state.get("hfm_epochs", 0))
-        self._trainer, self._cache, self._train_idx, self._val_idx = None, None, None, None
+        self._trainer, self._cache, self._labels, self._train_idx, self._val_idx = None, None, None, None, None
         self._fusion_stale = False
         return self
 

@@ -36,7 +36,9 @@ def make_loaders(n_train: int = 3, n_regular: int = 5, n_novel: int = 4, size: i
 class Scripted(ModelWrapper):
     """Returns whatever ``outputs(n_images, split_index)`` gives; records what the generator yielded."""
 
-    def __init__(self, outputs: Callable[[int, int], tuple[dict, dict]], consume: Callable[[list], list] = list):
+    def __init__(
+        self, outputs: Callable[[int, int], tuple[dict, dict]], consume: Callable[[list], list] = list
+    ):
         super().__init__()
         self.params = {}
         self.outputs = outputs
@@ -66,7 +68,10 @@ class Scripted(ModelWrapper):
 
 
 def per_image(n: int, _: int, size: int = 256) -> tuple[dict, dict]:
-    return {"a": torch.rand(n, size, size), "b": torch.rand(n, 1, size, size)}, {"a": torch.rand(n), "b": torch.rand(n)}
+    return {"a": torch.rand(n, size, size), "b": torch.rand(n, 1, size, size)}, {
+        "a": torch.rand(n),
+        "b": torch.rand(n),
+    }
 
 
 def test_test_output_layout_and_target_resize():
@@ -149,7 +154,9 @@ def test_consuming_part_of_the_test_set_raises():
     train, regular, novel = make_loaders()
     algo = Scripted(per_image, consume=first_batch_only)
     algo.enter_dataloaders(train, regular, novel)
-    with pytest.raises(OutputCheckError, match="regular_test: the algorithm consumed 2 images but the test set has 5"):
+    with pytest.raises(
+        OutputCheckError, match="regular_test: the algorithm consumed 2 images but the test set has 5"
+    ):
         algo.test()
 
 
@@ -207,7 +214,10 @@ def test_random_is_seeded_and_survives_save_load(tmp_path):
 
     other = WrapperRandom(seed=4)
     other.enter_dataloaders(train, regular, novel)
-    assert not torch.equal(other.test()[1]["image_score_set_regular"]["random"][:1], first[1]["image_score_set_regular"]["m1"][:1])
+    assert not torch.equal(
+        other.test()[1]["image_score_set_regular"]["random"][:1],
+        first[1]["image_score_set_regular"]["m1"][:1],
+    )
 
 
 def test_random_rejects_bad_methods():

@@ -61,7 +61,11 @@ class Recording(WrapperRandom):
 
 
 def recording_resolver(train_seconds: float = 0.0, eval_seconds: float = 0.0):
-    cls = type("RecordingRun", (Recording,), {"log": [], "train_seconds": train_seconds, "eval_seconds": eval_seconds})
+    cls = type(
+        "RecordingRun",
+        (Recording,),
+        {"log": [], "train_seconds": train_seconds, "eval_seconds": eval_seconds},
+    )
 
     def resolve(name: str) -> type:
         return cls if name.lower() == "recording" else get_algorithm(name)
@@ -70,7 +74,9 @@ def recording_resolver(train_seconds: float = 0.0, eval_seconds: float = 0.0):
 
 
 def run(config: Path, registry: Path, results: Path, resolve=get_algorithm, **kwargs) -> runner.RunSummary:
-    return run_config(config, registry_path=registry, results_dir=results, resolve_algorithm=resolve, **kwargs)
+    return run_config(
+        config, registry_path=registry, results_dir=results, resolve_algorithm=resolve, **kwargs
+    )
 
 
 def test_results_layout_and_files(tmp_path, registry):
@@ -117,7 +123,9 @@ def test_results_layout_and_files(tmp_path, registry):
         heatmaps, scores, targets, paths = pickle.load(f)
     assert heatmaps["heatmap_set_novel"]["random"].shape == (4, 1, 256, 256)
     assert sorted(paths["paths_regular"]) == [f"{i:03d}.png" for i in range(4)]
-    assert run_metrics(LIGHT_METRICS, heatmaps, scores, targets, paths) == metrics  # metrics.pk matches heatmaps.pk
+    assert (
+        run_metrics(LIGHT_METRICS, heatmaps, scores, targets, paths) == metrics
+    )  # metrics.pk matches heatmaps.pk
     description = json.loads((out / "1" / "description.json").read_text())
     assert description["dataset"]["dataset_key"] == "tiny" and description["model_description"] == "tiny test"
 
@@ -130,11 +138,14 @@ def test_results_layout_and_files(tmp_path, registry):
     assert saved["config_file"] == str(config.resolve()) and saved["mode"] == "native"
     assert saved["models"][0]["epochs"] == 2 and saved["models"][0]["datasets"] == ["tiny"]
     assert saved["registry_path"] == str(registry)
+    assert saved["hardware"]["gpu"] is None and saved["hardware"]["torch"]
     assert (run_dir / "run_config_source.py").read_text() == config.read_text()
 
 
 def test_failing_dataset_does_not_stop_the_others(tmp_path, registry, capsys):
-    config = write_visionad_config(tmp_path / "cfg.py", dataset_list=["no_such_key", "tiny"], metrics=["Imagewise_AUC"])
+    config = write_visionad_config(
+        tmp_path / "cfg.py", dataset_list=["no_such_key", "tiny"], metrics=["Imagewise_AUC"]
+    )
     code = cli.main(["run", "--config_file", str(config), "--registry", str(registry),
                      "--results_dir", str(tmp_path / "res"), "--device", "cpu"])  # fmt: skip
     assert code == 1
@@ -150,7 +161,14 @@ def test_evaluate_n_epochs_and_hook_order(tmp_path, registry):
     cls, resolve = recording_resolver()
     config = write_visionad_config(
         tmp_path / "cfg.py",
-        models=[{"algo_class_name": "recording", "epochs": 5, "evaluate_n_epochs": 2, "save_model_every_n_epochs": 4}],
+        models=[
+            {
+                "algo_class_name": "recording",
+                "epochs": 5,
+                "evaluate_n_epochs": 2,
+                "save_model_every_n_epochs": 4,
+            }
+        ],
         dataset_list=["tiny"],
         metrics=["Imagewise_AUC"],
     )
@@ -169,7 +187,14 @@ def test_train_time_limit_stops_after_the_epoch_and_excludes_evaluation(tmp_path
     _, resolve = recording_resolver(train_seconds=0.1, eval_seconds=0.3)
     config = write_visionad_config(
         tmp_path / "cfg.py",
-        models=[{"algo_class_name": "recording", "epochs": 10, "evaluate_n_epochs": None, "train_time_limit": 0.25}],
+        models=[
+            {
+                "algo_class_name": "recording",
+                "epochs": 10,
+                "evaluate_n_epochs": None,
+                "train_time_limit": 0.25,
+            }
+        ],
         dataset_list=["tiny"],
         metrics=["Imagewise_AUC"],
     )
@@ -179,6 +204,21 @@ def test_train_time_limit_stops_after_the_epoch_and_excludes_evaluation(tmp_path
     data = json.loads((pair.path / "2" / "data.json").read_text())
     assert 0.3 <= data["train_time"] < 0.55  # three training epochs, no evaluation time
     assert data["inference_time"] >= 0.6  # two test sets x 0.3 s
+
+
+def test_heatmaps_every_epoch_and_evaluation_regime(tmp_path, registry):
+    config = write_visionad_config(
+        tmp_path / "cfg.py",
+        models=[{"model_description": "zero", "epochs": 3, "evaluate_n_epochs": None, "save_heatmaps_n_epochs": 0},
+                {"model_description": "regime", "epochs": 4, "specific_evaluation_regime": {"epochs": [0, 2]}}],
+        dataset_list=["tiny"],
+        metrics=["Imagewise_AUC"],
+    )  # fmt: skip
+    zero, regime = run(config, registry, tmp_path / "res").results
+    # VisionAD: save_heatmaps_n_epochs == 0 saves heatmaps (and so evaluates) every epoch
+    assert zero.evaluated_epochs == [0, 1, 2] and (zero.path / "1" / "heatmaps.pk").is_file()
+    # VisionAD: a specific_evaluation_regime replaces the other evaluation rules, the last epoch included
+    assert regime.evaluated_epochs == [0, 2]
 
 
 def test_dataset_list_override_and_zero_epochs(tmp_path, registry):
@@ -204,7 +244,9 @@ def test_same_seed_same_results_and_env_results_dir(tmp_path, registry, monkeypa
 
 def test_missing_config_key_names_key_and_file(tmp_path, registry):
     config = write_visionad_config(tmp_path / "cfg.py", dataset_list=["tiny"], drop={0: ["batch_size"]})
-    with pytest.raises(ConfigError, match=r"cfg\.py, model_list\[0\] \(random\) is missing the key 'batch_size'"):
+    with pytest.raises(
+        ConfigError, match=r"cfg\.py, model_list\[0\] \(random\) is missing the key 'batch_size'"
+    ):
         run(config, registry, tmp_path / "res")
     no_device = write_visionad_config(tmp_path / "nodev.py", dataset_list=["tiny"], drop={0: ["device"]})
     with pytest.raises(ConfigError, match="missing the key 'device' \\(or pass --device\\)"):
@@ -214,7 +256,9 @@ def test_missing_config_key_names_key_and_file(tmp_path, registry):
 
 def test_unknown_key_and_missing_attribute(tmp_path, registry):
     typo = write_visionad_config(tmp_path / "typo.py", models=[{"train_time_limt": 5}], dataset_list=["tiny"])
-    with pytest.raises(ConfigError, match="unknown key\\(s\\) \\['train_time_limt'\\]; valid keys: .*train_time_limit"):
+    with pytest.raises(
+        ConfigError, match="unknown key\\(s\\) \\['train_time_limt'\\]; valid keys: .*train_time_limit"
+    ):
         run(typo, registry, tmp_path / "res")
     bare = tmp_path / "bare.py"
     bare.write_text("model_list = []\n")
@@ -223,14 +267,21 @@ def test_unknown_key_and_missing_attribute(tmp_path, registry):
 
 
 def test_unknown_algorithm_lists_ours(tmp_path, registry, capsys):
-    config = write_visionad_config(tmp_path / "cfg.py", models=[{"algo_class_name": "nonesuch"}], dataset_list=["tiny"])
-    with pytest.raises(ConfigError, match="unknown algorithm 'nonesuch'; this package provides: multicore, patchcore_plus, random"):
+    config = write_visionad_config(
+        tmp_path / "cfg.py", models=[{"algo_class_name": "nonesuch"}], dataset_list=["tiny"]
+    )
+    with pytest.raises(
+        ConfigError,
+        match="unknown algorithm 'nonesuch'; this package provides: multicore, patchcore_plus, random",
+    ):
         run(config, registry, tmp_path / "res")
     assert cli.main(["run", "--config_file", str(config), "--results_dir", str(tmp_path / "res")]) == 2
 
 
 def test_baseline_without_visionad_root(tmp_path, registry):
-    config = write_visionad_config(tmp_path / "cfg.py", models=[{"algo_class_name": "EfficientAD"}], dataset_list=["tiny"])
+    config = write_visionad_config(
+        tmp_path / "cfg.py", models=[{"algo_class_name": "EfficientAD"}], dataset_list=["tiny"]
+    )
     with pytest.raises(ConfigError, match="one of VisionAD's baselines .*pass --visionad_root"):
         run(config, registry, tmp_path / "res")
     with pytest.raises(VisionADBaselineError):
@@ -252,4 +303,8 @@ def test_shipped_configs_load():
     for name in ("random_demo.py", "random_dev.py"):
         config = runner.load_config(root / name)
         assert config.model_list[0]["algo_class_name"] == "random"
-    assert runner.load_config(root / "random_demo.py").dataset_list == ["demo_brick", "demo_grass", "demo_gravel"]
+    assert runner.load_config(root / "random_demo.py").dataset_list == [
+        "demo_brick",
+        "demo_grass",
+        "demo_gravel",
+    ]

@@ -54,7 +54,11 @@ def test_ours_and_visionad_baselines_run_through_its_train_algo(checkout, tmp_pa
     assert theirs["model_dataset_path"] == str(summary.run_dir / "PatchCore_theirs" / "mvtec_tiny")
     assert ours["cwd"] == str(checkout)
     assert ours["run_time"] == summary.run_dir.name[: len("YYYY_mm_dd_HH_MM_SS")]
-    assert (ours["run_description"], ours["metrics"], ours["dataset_key"]) == ("via vad", ["Imagewise_AUC"], "mvtec_tiny")
+    assert (ours["run_description"], ours["metrics"], ours["dataset_key"]) == (
+        "via vad",
+        ["Imagewise_AUC"],
+        "mvtec_tiny",
+    )
     args = ours["model_arguments"]
     assert args["model_params"] == {"seed": 2, "device": "cpu", "wandb": False}
     assert (args["device"], args["wandb"], args["save_metric_meta_data"]) == ("cpu", False, False)
@@ -73,7 +77,9 @@ def test_ours_and_visionad_baselines_run_through_its_train_algo(checkout, tmp_pa
 
 
 def test_results_dir_overrides_results_directory_and_cli(checkout, tmp_path, capsys):
-    config = write_visionad_config(tmp_path / "cfg.py", dataset_list=["mvtec_tiny"], metrics=["Imagewise_AUC"])
+    config = write_visionad_config(
+        tmp_path / "cfg.py", dataset_list=["mvtec_tiny"], metrics=["Imagewise_AUC"]
+    )
     code = cli.main(["run", "--config_file", str(config), "--visionad_root", str(checkout),
                      "--results_dir", str(tmp_path / "mine"), "--device", "cpu"])  # fmt: skip
     assert code == 0
@@ -93,7 +99,10 @@ def test_config_relative_to_the_checkout_and_failing_pair(checkout, tmp_path):
 def test_unknown_everywhere(checkout, tmp_path):
     config = write_visionad_config(tmp_path / "cfg.py", models=[{"algo_class_name": "nonesuch"}],
                                    dataset_list=["mvtec_tiny"])  # fmt: skip
-    with pytest.raises(ConfigError, match="neither ours .* nor found by the VisionAD checkout's get_algo.*Algorithm not found"):
+    with pytest.raises(
+        ConfigError,
+        match="neither ours .* nor found by the VisionAD checkout's get_algo.*Algorithm not found",
+    ):
         run_config(config, resolve_algorithm=get_algorithm, visionad_root=checkout)
     assert os.getcwd() != str(checkout)
 
@@ -117,7 +126,9 @@ def test_missing_wandb_in_checkout_is_explained(checkout):
 
 
 def test_two_checkouts_one_after_the_other(checkout, tmp_path):
-    other = write_fake_visionad(tmp_path / "OtherVisionAD", mvtec_path=tmp_path / "mvtec_copy", mvtec_classes=["tiny"])
+    other = write_fake_visionad(
+        tmp_path / "OtherVisionAD", mvtec_path=tmp_path / "mvtec_copy", mvtec_classes=["tiny"]
+    )
     with visionad_checkout(checkout) as first:
         assert Path(first.results_directory) == checkout / "results"
     with visionad_checkout(other) as second:

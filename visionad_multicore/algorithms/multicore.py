@@ -68,6 +68,7 @@ class WrapperMultiCore(ModelWrapper):
         hfm_batch_size: HFM batch size.
         cldice_weight, cldice_iterations: lambda of the clDice term and its soft-skeleton iterations.
         unet_depth, unet_width, residual_mean: UNet shape (see :class:`~visionad_multicore.fusion.unet.UNet`).
+        work_size: Resolution the HFM trains and runs at (``None``: the image size, the paper's setting).
         flip_augment: Random flips of HFM training items.
         validation_fraction: Share of the synthetic set held out to pick the HFM checkpoint.
         selection_metric: ``pauc`` or ``loss`` on that split.
@@ -99,6 +100,7 @@ class WrapperMultiCore(ModelWrapper):
         unet_depth: int = 4,
         unet_width: int = 32,
         residual_mean: bool = True,
+        work_size: int | None = None,
         flip_augment: bool = True,
         validation_fraction: float = 0.1,
         selection_metric: str = "pauc",
@@ -131,6 +133,7 @@ class WrapperMultiCore(ModelWrapper):
             unet_depth=unet_depth,
             unet_width=unet_width,
             residual_mean=residual_mean,
+            work_size=work_size,
             flip_augment=flip_augment,
             selection_metric=selection_metric,
             seed=seed,
@@ -154,6 +157,7 @@ class WrapperMultiCore(ModelWrapper):
             "unet_depth": int(unet_depth),
             "unet_width": int(unet_width),
             "residual_mean": bool(residual_mean),
+            "work_size": None if work_size is None else int(work_size),
             "flip_augment": bool(flip_augment),
             "validation_fraction": float(validation_fraction),
             "selection_metric": selection_metric,

@@ -25,15 +25,25 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``run`` options (VisionAD's run.py options plus ours)."""
-    parser.add_argument("--config_file", required=True, help="VisionAD config file (a .py defining model_list, ...)")
+    parser.add_argument(
+        "--config_file", required=True, help="VisionAD config file (a .py defining model_list, ...)"
+    )
     parser.add_argument("--run_description", default="", help="appended to the run folder's name (20 chars)")
     parser.add_argument("--device", default=None, help="cpu or cuda:N; overrides every model's device")
     parser.add_argument(
-        "--wandb", type=int, choices=(0, 1), default=None, help="1/0: log / don't log to wandb (default: config)"
+        "--wandb",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="1/0: log / don't log to wandb (default: config)",
     )
-    parser.add_argument("--data_root", default=None, help="root folder of the datasets (e.g. the MVTec AD folder)")
     parser.add_argument(
-        "--results_dir", default=None, help=f"parent of the run folder (default: ${RESULTS_DIR_ENV} or ./results)"
+        "--data_root", default=None, help="root folder of the datasets (e.g. the MVTec AD folder)"
+    )
+    parser.add_argument(
+        "--results_dir",
+        default=None,
+        help=f"parent of the run folder (default: ${RESULTS_DIR_ENV} or ./results)",
     )
     parser.add_argument(
         "--visionad_root",
@@ -41,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a VisionAD checkout: run through its train loop, loaders, metrics and dataset registry "
         "(needed for VisionAD's baselines; results default to its RESULTS_DIRECTORY)",
     )
-    parser.add_argument("--registry", default=None, help="extra dataset registry YAML (your own dataset keys)")
+    parser.add_argument(
+        "--registry", default=None, help="extra dataset registry YAML (your own dataset keys)"
+    )
 
 
 def format_metrics_table(pair: PairResult) -> str:
@@ -57,7 +69,10 @@ def format_metrics_table(pair: PairResult) -> str:
         methods += [m for m in values if m not in methods]
     width = max(len("method"), *(len(m) for m in methods))
     columns = [max(len(m), 7) for m in metrics]
-    lines = [f"{title} (epoch {pair.evaluated_epochs[-1]})", "  ".join(["method".ljust(width)] + [m.rjust(c) for m, c in zip(metrics, columns)])]
+    lines = [
+        f"{title} (epoch {pair.evaluated_epochs[-1]})",
+        "  ".join(["method".ljust(width)] + [m.rjust(c) for m, c in zip(metrics, columns)]),
+    ]
     for method in methods:
         cells = []
         for metric, column in zip(metrics, columns):
@@ -92,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", err)
         return 2
     n_failed = len(summary.failed)
-    print(f"{len(summary.results) - n_failed}/{len(summary.results)} (model, dataset) runs succeeded; results in {summary.run_dir}")
+    print(
+        f"{len(summary.results) - n_failed}/{len(summary.results)} (model, dataset) runs succeeded; results in {summary.run_dir}"
+    )
     for pair in summary.failed:
         print(f"  FAILED: {pair.algo} {pair.model_description!r} on {pair.dataset}")
     return 1 if n_failed else 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -59,6 +60,8 @@ class HFMTrainConfig:
         unet_depth: Number of UNet downsamplings.
         unet_width: Channels of the UNet's first level.
         residual_mean: Output = channel mean of the inputs + UNet correction.
+        work_size: Resolution the UNet trains and runs at (``None``: the heatmaps' own, the paper's setting;
+            e.g. 64 on a CPU). Masks are area-downsampled (soft) for the loss; validation is at full size.
         flip_augment: Random horizontal / vertical flips of training batches (same flip for maps and mask).
         selection_metric: ``"pauc"`` (validation pixel AUROC, higher is better) or ``"loss"`` (lower is better).
         seed: Seed of the UNet initialisation, the train / validation split and the batch order.
@@ -77,6 +80,7 @@ class HFMTrainConfig:
     unet_depth: int = 4
     unet_width: int = 32
     residual_mean: bool = True
+    work_size: int | None = None
     flip_augment: bool = True
     selection_metric: str = "pauc"
     seed: int = 0
@@ -89,6 +93,10 @@ class HFMTrainConfig:
         for name in ("weight_decay", "momentum", "grad_clip", "cldice_weight", "cldice_iterations"):
             if getattr(self, name) < 0:
                 raise ValueError(f"HFMTrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.work_size is not None and self.work_size < 2**self.unet_depth:
+            raise ValueError(
+                f"HFMTrainConfig.work_size must be None or >= 2 ** unet_depth = {2**self.unet_depth}, got {self.work_size}"
+            )
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"HFMTrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.selection_metric not in SELECTION_METRICS:
@@ -261,36 +269,44 @@ def validate(
     indices: np.ndarray,
     batch_size: int,
     progress: bool = True,
+    labels: Tensor | None = None,
 ) -> ValidationResult:
     """Loss and pixel AUROC of the model (eval mode) and of the channel mean on ``indices``.
 
     Args:
         model: The UNet.
         loss_fn: Same loss as training.
-        inputs: ``(S, M, H, W)`` normalised member heatmaps.
-        masks: ``(S, 1, H, W)`` synthetic masks.
+        inputs: ``(S, M, h, w)`` normalised member heatmaps (as trained on).
+        masks: ``(S, 1, h, w)`` targets of the loss.
         indices: Validation item indices.
         batch_size: Items per forward pass.
         progress: Show a tqdm bar.
+        labels: Optional full-size binary masks ``(S, 1, H, W)`` for the AUROC; the fused map (and the mean)
+            are bilinearly upsampled to ``(H, W)`` as at inference. Default: ``masks > 0.5``.
     """
     if len(indices) == 0:
         raise ValueError("validate: no validation items")
     device = next(model.parameters()).device
     model.eval()
     idx = torch.as_tensor(indices)
+    label_maps = (masks[idx] > 0.5) if labels is None else labels[idx].bool()  # (V, 1, H, W)
+    full_size = tuple(label_maps.shape[-2:])
     losses, weights, fused, means = [], [], [], []
     for start in tqdm(range(0, len(idx), batch_size), desc="HFM validate", leave=False, disable=not progress):
         x, y = _batch(inputs, masks, idx[start : start + batch_size], device)
         out = model(x)
         losses.append(loss_fn(out, y).item())
         weights.append(x.shape[0])
+        mean = x.mean(dim=1, keepdim=True)
+        if tuple(out.shape[-2:]) != full_size:
+            out = F.interpolate(out, size=full_size, mode="bilinear", align_corners=False)
+            mean = F.interpolate(mean, size=full_size, mode="bilinear", align_corners=False)
         fused.append(out.float().cpu())
-        means.append(x.mean(dim=1, keepdim=True).cpu())
-    labels = masks[idx].bool()
+        means.append(mean.float().cpu())
     return ValidationResult(
         loss=float(np.average(losses, weights=weights)),
-        pixel_auroc=binary_auroc(torch.cat(fused), labels),
-        pixel_auroc_mean=binary_auroc(torch.cat(means), labels),
+        pixel_auroc=binary_auroc(torch.cat(fused), label_maps),
+        pixel_auroc_mean=binary_auroc(torch.cat(means), label_maps),
     )
 
 
@@ -307,7 +323,12 @@ class HFMTrainer:
         self.config = config
         self.device = torch.device(device)
         self.model = UNet(
-            in_channels, config.unet_width, config.unet_depth, config.residual_mean, seed=config.seed
+            in_channels,
+            config.unet_width,
+            config.unet_depth,
+            config.residual_mean,
+            seed=config.seed,
+            work_size=config.work_size,
         ).to(self.device)
         self.loss_fn = FusionLoss(config.cldice_weight, config.cldice_iterations)
         self.optimizer = make_optimizer(self.model, config)
@@ -336,10 +357,17 @@ class HFMTrainer:
         train_indices: np.ndarray,
         validation_indices: np.ndarray,
         progress: bool = True,
+        labels: Tensor | None = None,
     ) -> EpochRecord:
         """Train one epoch, validate, and keep a copy of the weights if they are the best so far.
 
-        Without validation items the latest weights count as the best.
+        Args:
+            inputs: ``(S, M, h, w)`` normalised member heatmaps.
+            masks: ``(S, 1, h, w)`` loss targets.
+            train_indices: Items trained on.
+            validation_indices: Items validated on (none: the latest weights count as the best).
+            progress: Show tqdm bars.
+            labels: Optional full-size binary masks ``(S, 1, H, W)`` for the validation AUROC.
         """
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch)
         train_loss = train_one_epoch(
@@ -358,7 +386,14 @@ class HFMTrainer:
         validation = None
         if len(validation_indices) > 0:
             validation = validate(
-                self.model, self.loss_fn, inputs, masks, validation_indices, self.config.batch_size, progress
+                self.model,
+                self.loss_fn,
+                inputs,
+                masks,
+                validation_indices,
+                self.config.batch_size,
+                progress,
+                labels,
             )
         is_best = validation is None or self._is_better(validation)
         if is_best:

@@ -7,6 +7,10 @@ Design choices (SPEC section 3, "Heatmap Fusion Module"):
   one of the reference code's mistakes).
 - Inputs of any height and width are accepted: they are reflect-padded up to a multiple of ``2 ** depth`` and
   the output is cropped back.
+- ``work_size`` lets the network run at a lower resolution than its inputs (a CPU compromise; the paper's
+  setting is ``None``, the native resolution): inputs are area-downsampled to ``work_size x work_size`` and the
+  output is bilinearly upsampled to the requested size. Member heatmaps are gaussian-smoothed (sigma 4 px at
+  256 px), so little is lost at 128 px and not much at 64 px.
 - With ``residual_mean=True`` the output is ``mean over channels of the input + UNet(x)``, and the UNet's last
   convolution starts at zero, so an untrained module reproduces the plain ensemble mean exactly and training
   learns a correction to it.
@@ -64,6 +68,7 @@ class UNet(nn.Module):
         depth: Number of 2x downsamplings (the original UNet has 4).
         residual_mean: Add the channel mean of the input to the output (see the module docstring).
         seed: Seed of the weight initialisation (a private generator; the global RNG is not used).
+        work_size: Side of the square grid the network works on (``None``: the input's own size).
 
     Shapes:
         input ``(B, in_channels, H, W)`` -> output ``(B, 1, H, W)``: unbounded scores (logits); the loss applies
@@ -71,7 +76,13 @@ class UNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, base_channels: int = 32, depth: int = 4, residual_mean: bool = True, seed: int = 0
+        self,
+        in_channels: int,
+        base_channels: int = 32,
+        depth: int = 4,
+        residual_mean: bool = True,
+        seed: int = 0,
+        work_size: int | None = None,
     ) -> None:
         super().__init__()
         if in_channels < 1:
@@ -80,10 +91,13 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: base_channels must be >= 1, got {base_channels}")
         if depth < 1:
             raise ValueError(f"UNet: depth must be >= 1, got {depth}")
+        if work_size is not None and work_size < 2**depth:
+            raise ValueError(f"UNet: work_size must be None or >= 2 ** depth = {2**depth}, got {work_size}")
         self.in_channels = in_channels
         self.base_channels = base_channels
         self.depth = depth
         self.residual_mean = residual_mean
+        self.work_size = work_size
 
         widths = [base_channels * 2**level for level in range(depth + 1)]
         self.inc = _DoubleConv(in_channels, widths[0])
@@ -105,17 +119,21 @@ class UNet(nn.Module):
             nn.init.normal_(self.head.weight, std=1e-2, generator=generator)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
         """Fuse heatmaps.
 
         Args:
             x: Normalised heatmaps, ``(B, in_channels, H, W)``.
+            out_size: Output ``(H_out, W_out)``; default the input's ``(H, W)``.
 
         Returns:
-            Fused map ``(B, 1, H, W)``.
+            Fused map ``(B, 1, H_out, W_out)``.
         """
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        target = tuple(x.shape[-2:]) if out_size is None else tuple(out_size)
+        if self.work_size is not None and tuple(x.shape[-2:]) != (self.work_size, self.work_size):
+            x = F.interpolate(x, size=(self.work_size, self.work_size), mode="area")  # (B, C, w, w)
         height, width = x.shape[-2:]
         multiple = 2**self.depth
         pad_h, pad_w = (-height) % multiple, (-width) % multiple
@@ -130,7 +148,9 @@ class UNet(nn.Module):
         out = skips.pop()
         for up in self.ups:
             out = up(out, skips.pop())
-        out = self.head(out)[..., :height, :width]  # (B, 1, H, W)
+        out = self.head(out)[..., :height, :width]  # (B, 1, h, w)
         if self.residual_mean:
             out = out + x.mean(dim=1, keepdim=True)
+        if tuple(out.shape[-2:]) != target:
+            out = F.interpolate(out, size=target, mode="bilinear", align_corners=False)  # (B, 1, H_out, W_out)
         return out

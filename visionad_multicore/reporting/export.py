@@ -137,7 +137,8 @@ def _provenance(epoch: EpochResult, hardware_here: dict[str, Any]) -> dict[str, 
     """Preset, versions, config hash, seed and hardware of the run that produced ``epoch``."""
     run_config = _read_run_config(epoch)
     entry = _model_entry(run_config, epoch) or {}
-    entry_params = entry.get("model_params") if isinstance(entry.get("model_params"), dict) else {}
+    raw_params = entry.get("model_params")
+    entry_params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
     params = parse_model_params(epoch) or {}
     seed = next(
         (v for v in (entry.get("seed"), entry_params.get("seed"), params.get("seed")) if v is not None), None

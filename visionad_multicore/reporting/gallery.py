@@ -157,9 +157,9 @@ def find_input_image(
 ) -> Path | None:
     """Locate the input image file of a test path, or None.
 
-    Tries: the path itself; its file name (and, for flattened MVTec names, ``<defect>/<name>``) inside the
-    test folders of ``description["dataset"]``; the same inside the folders of our dataset registry entry
-    ``dataset_key`` (only when ``use_registry``).
+    Tries: the path itself; its file name inside the test folders of ``description["dataset"]`` (for the
+    flattened MVTec names ``<defect>_<file>`` of a list of defect folders, ``<defect folder>/<file>``); the same
+    inside the folders of our dataset registry entry ``dataset_key`` (only when ``use_registry``).
     """
     direct = Path(image_path)
     if direct.is_file():
@@ -178,7 +178,10 @@ def find_input_image(
     for dataset in dataset_dicts:
         for key in ("folder_path_novel_test", "folder_path_regular_test"):
             for folder in _folders(dataset.get(key)):
-                for candidate in (folder / image_path, folder / name):
+                candidates = [folder / image_path, folder / name]
+                if name.startswith(folder.name + "_"):  # flattened MVTec name "<defect>_<file>"
+                    candidates.append(folder / name[len(folder.name) + 1 :])
+                for candidate in candidates:
                     if candidate.is_file():
                         return candidate
     return None
@@ -297,9 +300,10 @@ def make_gallery(
         col = 0
         if show_input:
             ax = axes[row, col]
-            if inputs[row] is not None:
-                with Image.open(inputs[row]) as im:
-                    ax.imshow(np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR)))
+            input_path = inputs[row]
+            if input_path is not None:
+                with Image.open(input_path) as im:
+                    ax.imshow(np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)))
             else:
                 ax.text(0.5, 0.5, "input\nnot found", ha="center", va="center", fontsize=8)
             col += 1
@@ -343,9 +347,9 @@ def make_gallery(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(
-        f"{dataset_key or ''}  heatmaps (per-method colour scale: min..max of that method's test maps; "
-        "cyan = ground truth; corner = image score)",
+        f"{dataset_key or ''} heatmaps\ncolour: min..max of each method's test maps; cyan: ground truth;\n"
+        "corner: image score",
         fontsize=8,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     return atomic_savefig(fig, out_path, dpi=dpi)

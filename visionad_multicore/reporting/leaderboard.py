@@ -183,7 +183,7 @@ def select_rows(
                 else:
                     _warn(
                         warnings,
-                        f"{label}/{method} on {dataset}: no {best_metric} value; using the final epoch",
+                        f"{label}/{method} on {dataset}: no {best_metric} value (missing or NaN); using the final epoch",
                     )
             values = {m: chosen.metrics[m][method] for m in metrics if method in chosen.metrics.get(m, {})}
             rows.append(

@@ -52,12 +52,13 @@ def plot_leaderboard(board: Leaderboard, path: str | os.PathLike[str], dpi: int 
     for ax, metric in zip(axes[:, 0], board.metrics):
         all_values: list[float] = []
         for i, (algorithm, method) in enumerate(series):
-            xs, ys = [], []
+            xs: list[float] = []
+            ys: list[float] = []
             for g, group in enumerate(groups):
-                v = value_of.get((algorithm, method, group, metric))
-                if v is not None and not math.isnan(v):
+                value = value_of.get((algorithm, method, group, metric))
+                if value is not None and not math.isnan(value):
                     xs.append(g - 0.4 + bar_w * (i + 0.5))
-                    ys.append(v)
+                    ys.append(value)
             all_values += ys
             ax.bar(xs, ys, width=bar_w, color=cmap(i % cmap.N), label=f"{algorithm} / {method}")
         floor = _lower_limit(all_values + [r.metrics[metric] for r in published if metric in r.metrics])

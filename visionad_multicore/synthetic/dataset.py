@@ -8,6 +8,7 @@ dataloader: in the reference code the noise hook stayed on the training loader t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -135,6 +136,16 @@ class SyntheticAnomalySet(Dataset):
             # re-normalise only inside the mask so clean pixels stay bit-identical to the input
             image = torch.where(mask.bool(), (noised - self.mean) / self.std, image)
         return image.clone(), mask
+
+    def fingerprint(self) -> str:
+        """SHA-256 of everything that determines the items (images, masks, pairing, noise settings, seed)."""
+        digest = hashlib.sha256(b"visionad_multicore.SyntheticAnomalySet/1")
+        for array in (self.clean_images.numpy(), self.masks.numpy(), self.mask_index, self.image_index,
+                      self.mean.numpy(), self.std.numpy()):
+            digest.update(np.ascontiguousarray(array).tobytes())
+            digest.update(str(array.shape).encode())
+        digest.update(repr((self.size, self.noise_std, self.per_channel, self.seed)).encode())
+        return digest.hexdigest()
 
     def tensors(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Stack items into ``(images (K, C, H, W), masks (K, 1, H, W))`` (all items by default)."""

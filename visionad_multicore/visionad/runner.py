@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import pickle
+import platform
 import random
 import sys
 import time
@@ -549,12 +550,35 @@ def _write_run_config(
             "data_root": str(data_root) if data_root else None,
             "registry_path": str(registry_path) if registry_path else None,
             "package_version": package_version,
+            "hardware": hardware_info(device or next((m["device"] for m in models if m.get("device")), None)),
             "dataset_list": config.dataset_list,
             "metrics": config.metrics,
             "models": models,
         },
     )
     _write_atomic(run_dir / RUN_CONFIG_SOURCE_FILE, lambda f: f.write(config.source), binary=False)
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def hardware_info(device: str | None) -> dict[str, Any]:
+    """CPU model, GPU name of ``device`` (None on CPU), torch / Python versions and platform of this machine."""
+    gpu = None
+    if device and str(device).startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "cpu": _cpu_model(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def _log_summary(summary: RunSummary) -> None:
@@ -651,8 +675,8 @@ def train_and_evaluate(
         **dataset,
     )
     algo.enter_dataloaders(dataloader_train, dataloader_regular_test, dataloader_novel_test)
-    n_train = len(dataloader_train.dataset)
-    n_test = len(dataloader_regular_test.dataset) + len(dataloader_novel_test.dataset)
+    n_train = len(dataloader_train.dataset)  # type: ignore[arg-type]
+    n_test = len(dataloader_regular_test.dataset) + len(dataloader_novel_test.dataset)  # type: ignore[arg-type]
     description = {
         "dataset": dict(dataset),
         "run_description": run_description,
@@ -705,7 +729,11 @@ def train_and_evaluate(
                 inference_time = time.perf_counter() - start
                 start = time.perf_counter()
                 metric_results = run_metrics(
-                    list(metrics), heatmap_set, image_score_set, targets_set, paths_set,
+                    list(metrics),
+                    heatmap_set,
+                    image_score_set,
+                    targets_set,
+                    paths_set,
                     include_metric_data=bool(args["save_metric_meta_data"]),
                 )
                 metric_time = time.perf_counter() - start

@@ -1,0 +1,217 @@
+"""Benchmark MultiCore (``multicore``, ``ensemble_mean`` and every member) on the development data.
+
+Runs the VisionAD flow with the ``multicore`` algorithm exactly as the runner does (enter_dataloaders, one
+``train_one_epoch`` per HFM epoch, ``pre_eval_processing``, ``test()``, VisionAD's metrics), times each stage,
+and writes a JSON record (settings, timings, HFM validation curve, metrics per method, machine load).
+
+Honest evaluation: the test split is read only by ``test()`` after training; the HFM checkpoint is picked on
+the synthetic validation split; nothing here is tuned on test figures.
+
+Example (the figures in the report)::
+
+    PYTHONPATH=. python benchmarks/bench_multicore.py --dataset dev_mvtec_toothbrush --preset mc2 \\
+        --out benchmark_runs/multicore/toothbrush_mc2.json --check_reload
+
+``--check_reload`` saves the model, loads it in a new Python process, evaluates again and checks that every
+metric is identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from visionad_multicore.algorithms.multicore import WrapperMultiCore
+from visionad_multicore.visionad.datasets import load_dataset
+from visionad_multicore.visionad.loaders import create_dataloaders, default_identical_transforms
+from visionad_multicore.visionad.metrics import run_metrics
+
+METRICS = ["Imagewise_AUC", "Pixelwise_AUC", "Pixelwise_AUPRO", "PL"]
+SHORT = {"Imagewise_AUC": "I-AUC", "Pixelwise_AUC": "P-AUC", "Pixelwise_AUPRO": "AUPRO", "PL": "PL"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="dev_mvtec_toothbrush", help="dataset key (algorithm_configs/datasets.yaml)")
+    p.add_argument("--data_root", default=None)
+    p.add_argument("--preset", default="mc2")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--image_size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=8, help="HFM epochs")
+    p.add_argument("--coreset_size", type=int, default=2000)
+    p.add_argument("--synthetic_size", type=int, default=160)
+    p.add_argument("--masks_per_bucket", type=int, default=60, help="SSA K (paper: 60)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight_decay", type=float, default=1e-5)
+    p.add_argument("--cldice_weight", type=float, default=0.25)
+    p.add_argument("--unet_width", type=int, default=16)
+    p.add_argument("--unet_depth", type=int, default=3)
+    p.add_argument("--work_size", type=int, default=64, help="HFM resolution (0: full size)")
+    p.add_argument("--hfm_batch_size", type=int, default=8)
+    p.add_argument("--validation_fraction", type=float, default=0.2)
+    p.add_argument("--train_limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--out", type=Path, default=None, help="JSON record to write")
+    p.add_argument("--check_reload", action="store_true", help="save, reload in a new process, compare metrics")
+    p.add_argument("--no_progress", action="store_true")
+    # internal: evaluate a saved model (used by --check_reload in the child process)
+    p.add_argument("--_evaluate_saved", type=Path, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def loaders_for(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    dataset = load_dataset(args.dataset, data_root=args.data_root)
+    if args.train_limit:
+        dataset["regular_train_end"] = args.train_limit
+    return create_dataloaders(
+        None,
+        None,
+        default_identical_transforms(args.image_size),
+        batch_size=args.batch_size,
+        test_batch_size=args.batch_size,
+        seed=args.seed,
+        **dataset,
+    )
+
+
+def evaluate(algo: WrapperMultiCore) -> tuple[dict[str, dict[str, float]], float]:
+    """VisionAD's test() + metrics; returns ({metric: {method: value}}, evaluation seconds)."""
+    start = time.perf_counter()
+    heatmap_set, score_set, targets_set, paths_set = algo.test()
+    seconds = time.perf_counter() - start
+    results = run_metrics(METRICS, heatmap_set, score_set, targets_set, paths_set, progress=False)
+    return {m: dict(r["metric_results"]) for m, r in results.items()}, seconds
+
+
+def table(metrics: dict[str, dict[str, float]]) -> str:
+    methods = list(next(iter(metrics.values())))
+    lines = [f"{'method':<24}" + "".join(f"{SHORT[m]:>8}" for m in METRICS)]
+    for method in methods:
+        lines.append(f"{method:<24}" + "".join(f"{metrics[m].get(method, float('nan')):>8.4f}" for m in METRICS))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    loaders = loaders_for(args)
+
+    if args._evaluate_saved is not None:  # child process of --check_reload
+        algo = WrapperMultiCore()
+        algo.load_model(args._evaluate_saved)
+        algo.enter_dataloaders(*loaders)
+        metrics, _ = evaluate(algo)
+        print("RELOADED_METRICS " + json.dumps(metrics))
+        return 0
+
+    algo = WrapperMultiCore(
+        preset=args.preset,
+        backbone=args.backbone,
+        coreset_size=args.coreset_size,
+        synthetic_size=args.synthetic_size,
+        ssa={"masks_per_bucket": args.masks_per_bucket},
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        cldice_weight=args.cldice_weight,
+        unet_width=args.unet_width,
+        unet_depth=args.unet_depth,
+        work_size=args.work_size or None,
+        hfm_batch_size=args.hfm_batch_size,
+        validation_fraction=args.validation_fraction,
+        feature_batch_size=args.batch_size,
+        seed=args.seed,
+        device="cpu",
+        progress=not args.no_progress,
+    )
+    t0 = time.perf_counter()
+    algo.enter_dataloaders(*loaders)
+    epoch_times = []
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        algo.train_one_epoch()
+        epoch_times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    algo.pre_eval_processing()
+    pre_eval = time.perf_counter() - start
+    metrics, eval_seconds = evaluate(algo)
+    total = time.perf_counter() - t0
+
+    history = [
+        {
+            "epoch": r.epoch,
+            "train_loss": r.train_loss,
+            "val_loss": r.validation.loss if r.validation else None,
+            "val_pauc": r.validation.pixel_auroc if r.validation else None,
+            "val_pauc_ensemble_mean": r.validation.pixel_auroc_mean if r.validation else None,
+            "is_best": r.is_best,
+        }
+        for r in algo.model.history
+    ]
+    record: dict[str, Any] = {
+        "command": " ".join([sys.executable, *sys.argv]),
+        "dataset": args.dataset,
+        "n_train": len(loaders[0].dataset),
+        "n_test_regular": len(loaders[1].dataset),
+        "n_test_anomalous": len(loaders[2].dataset),
+        "model_params": algo.params,
+        "epochs": args.epochs,
+        "hfm_best_epoch": algo.model.hfm_best_epoch_,
+        "seconds": {
+            "first_epoch_incl_preparation": epoch_times[0] if epoch_times else 0.0,
+            "hfm_epochs_after_first": sum(epoch_times[1:]),
+            "pre_eval_processing": pre_eval,
+            "evaluation": eval_seconds,
+            "end_to_end_incl_metrics": total,
+        },
+        "hfm_history": history,
+        "metrics": metrics,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
+    }
+
+    print(table(metrics))
+    print(f"end to end {total:.0f} s (first epoch with preparation {record['seconds']['first_epoch_incl_preparation']:.0f} s, "
+          f"evaluation {eval_seconds:.0f} s); load average {os.getloadavg()}")
+    for h in history:
+        print(f"HFM epoch {h['epoch']}: train {h['train_loss']:.4f} val loss {h['val_loss']:.4f} "
+              f"val P-AUC {h['val_pauc']:.4f} (ensemble mean {h['val_pauc_ensemble_mean']:.4f}){' *' if h['is_best'] else ''}")
+
+    if args.check_reload:
+        with tempfile.TemporaryDirectory() as tmp:
+            location = Path(tmp) / "model"
+            algo.save_model(location)
+            child = [sys.executable, __file__, "--dataset", args.dataset, "--image_size", str(args.image_size),
+                     "--batch_size", str(args.batch_size), "--_evaluate_saved", str(location)]
+            if args.data_root:
+                child += ["--data_root", args.data_root]
+            if args.train_limit:
+                child += ["--train_limit", str(args.train_limit)]
+            out = subprocess.run(child, check=True, capture_output=True, text=True, env=os.environ.copy())
+            line = [x for x in out.stdout.splitlines() if x.startswith("RELOADED_METRICS ")][-1]
+            reloaded = json.loads(line.split(" ", 1)[1])
+        identical = reloaded == json.loads(json.dumps(metrics))
+        record["reload_identical_metrics"] = identical
+        print(f"save -> load in a new process -> evaluate: metrics identical = {identical}")
+
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = args.out.with_name(args.out.name + ".tmp")
+        tmp_path.write_text(json.dumps(record, indent=1, default=float))
+        os.replace(tmp_path, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
