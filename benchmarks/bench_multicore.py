@@ -41,7 +41,9 @@ SHORT = {"Imagewise_AUC": "I-AUC", "Pixelwise_AUC": "P-AUC", "Pixelwise_AUPRO": 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="dev_mvtec_toothbrush", help="dataset key (algorithm_configs/datasets.yaml)")
+    p.add_argument(
+        "--dataset", default="dev_mvtec_toothbrush", help="dataset key (algorithm_configs/datasets.yaml)"
+    )
     p.add_argument("--data_root", default=None)
     p.add_argument("--preset", default="mc2")
     p.add_argument("--backbone", default="efficientnet_lite0")
@@ -63,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--out", type=Path, default=None, help="JSON record to write")
-    p.add_argument("--check_reload", action="store_true", help="save, reload in a new process, compare metrics")
+    p.add_argument(
+        "--check_reload", action="store_true", help="save, reload in a new process, compare metrics"
+    )
     p.add_argument("--no_progress", action="store_true")
     # internal: evaluate a saved model (used by --check_reload in the child process)
     p.add_argument("--_evaluate_saved", type=Path, default=None, help=argparse.SUPPRESS)
@@ -98,7 +102,9 @@ def table(metrics: dict[str, dict[str, float]]) -> str:
     methods = list(next(iter(metrics.values())))
     lines = [f"{'method':<24}" + "".join(f"{SHORT[m]:>8}" for m in METRICS)]
     for method in methods:
-        lines.append(f"{method:<24}" + "".join(f"{metrics[m].get(method, float('nan')):>8.4f}" for m in METRICS))
+        lines.append(
+            f"{method:<24}" + "".join(f"{metrics[m].get(method, float('nan')):>8.4f}" for m in METRICS)
+        )
     return "\n".join(lines)
 
 
@@ -181,18 +187,32 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     print(table(metrics))
-    print(f"end to end {total:.0f} s (first epoch with preparation {record['seconds']['first_epoch_incl_preparation']:.0f} s, "
-          f"evaluation {eval_seconds:.0f} s); load average {os.getloadavg()}")
+    print(
+        f"end to end {total:.0f} s (first epoch with preparation {record['seconds']['first_epoch_incl_preparation']:.0f} s, "
+        f"evaluation {eval_seconds:.0f} s); load average {os.getloadavg()}"
+    )
     for h in history:
-        print(f"HFM epoch {h['epoch']}: train {h['train_loss']:.4f} val loss {h['val_loss']:.4f} "
-              f"val P-AUC {h['val_pauc']:.4f} (ensemble mean {h['val_pauc_ensemble_mean']:.4f}){' *' if h['is_best'] else ''}")
+        print(
+            f"HFM epoch {h['epoch']}: train {h['train_loss']:.4f} val loss {h['val_loss']:.4f} "
+            f"val P-AUC {h['val_pauc']:.4f} (ensemble mean {h['val_pauc_ensemble_mean']:.4f}){' *' if h['is_best'] else ''}"
+        )
 
     if args.check_reload:
         with tempfile.TemporaryDirectory() as tmp:
             location = Path(tmp) / "model"
             algo.save_model(location)
-            child = [sys.executable, __file__, "--dataset", args.dataset, "--image_size", str(args.image_size),
-                     "--batch_size", str(args.batch_size), "--_evaluate_saved", str(location)]
+            child = [
+                sys.executable,
+                __file__,
+                "--dataset",
+                args.dataset,
+                "--image_size",
+                str(args.image_size),
+                "--batch_size",
+                str(args.batch_size),
+                "--_evaluate_saved",
+                str(location),
+            ]
             if args.data_root:
                 child += ["--data_root", args.data_root]
             if args.train_limit:

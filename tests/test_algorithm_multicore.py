@@ -18,7 +18,14 @@ TINY_PARAMS: dict[str, Any] = {
     "preset": "mc2",
     "coreset_size": 64,
     "synthetic_size": 12,
-    "ssa": {"size": 64, "buckets": [1, 2, 4, 8], "masks_per_bucket": 4, "multi_counts": [2], "masks_per_multi": 2, "n_empty": 4},
+    "ssa": {
+        "size": 64,
+        "buckets": [1, 2, 4, 8],
+        "masks_per_bucket": 4,
+        "multi_counts": [2],
+        "masks_per_multi": 2,
+        "n_empty": 4,
+    },
     "lr": 1e-3,
     "hfm_batch_size": 4,
     "unet_depth": 2,
@@ -51,7 +58,9 @@ def evaluate(algo: WrapperMultiCore, loaders: tuple[Any, Any, Any]) -> tuple[dic
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[WrapperMultiCore, Path, tuple]:
+def trained(
+    tiny_mvtec: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[WrapperMultiCore, Path, tuple]:
     loaders = tiny_loaders(tiny_mvtec)
     algo = WrapperMultiCore(**TINY_PARAMS)
     algo.enter_dataloaders(*loaders)
@@ -115,8 +124,9 @@ def test_unknown_model_param_is_an_error() -> None:
 
 
 @pytest.mark.slow
-def test_load_in_a_new_process_gives_identical_outputs(trained: tuple[WrapperMultiCore, Path, tuple],
-                                                       tiny_mvtec: Path, tmp_path: Path) -> None:
+def test_load_in_a_new_process_gives_identical_outputs(
+    trained: tuple[WrapperMultiCore, Path, tuple], tiny_mvtec: Path, tmp_path: Path
+) -> None:
     algo, location, loaders = trained
     heatmaps, _ = evaluate(algo, loaders)
     out = tmp_path / "out.pt"
@@ -130,7 +140,9 @@ def test_load_in_a_new_process_gives_identical_outputs(trained: tuple[WrapperMul
         "torch.save(evaluate(algo, tiny_loaders(Path(sys.argv[2])))[0], sys.argv[3])\n"
     )
     tests_dir = str(Path(__file__).resolve().parent)
-    subprocess.run([sys.executable, "-c", script, str(location), str(tiny_mvtec), str(out), tests_dir], check=True)
+    subprocess.run(
+        [sys.executable, "-c", script, str(location), str(tiny_mvtec), str(out), tests_dir], check=True
+    )
     other = torch.load(out, weights_only=True)
     for method in METHODS:
         assert torch.equal(heatmaps[method], other[method]), method

@@ -10,7 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
-from visionad_multicore.ensemble import MultiCore, Preset, PredictorSpec, load_preset
+from visionad_multicore.ensemble import MultiCore, PredictorSpec, Preset, load_preset
 from visionad_multicore.fusion.train import HFMTrainConfig
 from visionad_multicore.patchcore.predictor import PatchCorePlus
 from visionad_multicore.synthetic.dataset import split_bank_fusion
@@ -27,8 +27,12 @@ SPEC_TABLE = [
     ("euclidean", 1, 1),
     ("euclidean", 3, 5),
 ]
-TINY_SSA = SSAConfig(size=64, buckets=(1, 2, 4, 8), masks_per_bucket=4, multi_counts=(2,), masks_per_multi=2, n_empty=4)
-TINY_HFM = HFMTrainConfig(synthetic_size=12, validation_fraction=0.25, batch_size=4, unet_depth=2, unet_width=4, lr=1e-3)
+TINY_SSA = SSAConfig(
+    size=64, buckets=(1, 2, 4, 8), masks_per_bucket=4, multi_counts=(2,), masks_per_multi=2, n_empty=4
+)
+TINY_HFM = HFMTrainConfig(
+    synthetic_size=12, validation_fraction=0.25, batch_size=4, unet_depth=2, unet_width=4, lr=1e-3
+)
 
 
 def load_folder(folder: Path) -> torch.Tensor:
@@ -89,17 +93,23 @@ def test_bank_and_fusion_shares_are_disjoint(prepared: tuple[MultiCore, torch.Te
     assert np.array_equal(model.bank_idx_, expected[0]) and np.array_equal(model.fusion_idx_, expected[1])
 
 
-def test_banks_come_from_clean_bank_images_only(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+def test_banks_come_from_clean_bank_images_only(
+    prepared: tuple[MultiCore, torch.Tensor, torch.Tensor],
+) -> None:
     """Rebuild member 1's bank from the clean bank-share images alone: it must be identical."""
     model, train, _ = prepared
-    reference = PatchCorePlus(patch_size=3, stride=1, distance="euclidean", coreset_size=64, seed=0, progress=False)
+    reference = PatchCorePlus(
+        patch_size=3, stride=1, distance="euclidean", coreset_size=64, seed=0, progress=False
+    )
     reference.fit_features([model._features(train[model.bank_idx_])])
     member = model.members[0]
     assert member.n_patches_seen_ == reference.n_patches_seen_
     torch.testing.assert_close(member.memory_bank_, reference.memory_bank_)
 
 
-def test_statistics_come_from_clean_fusion_images(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+def test_statistics_come_from_clean_fusion_images(
+    prepared: tuple[MultiCore, torch.Tensor, torch.Tensor],
+) -> None:
     model, train, _ = prepared
     maps, _ = model._member_maps(train[model.fusion_idx_])  # (F, M, H, W)
     torch.testing.assert_close(model.stats_mean_, maps.double().mean(dim=(0, 2, 3)).float())
@@ -117,7 +127,9 @@ def test_synthetic_cache(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor])
     assert len(model._val_idx) == 3 and not set(model._train_idx.tolist()) & set(model._val_idx.tolist())
 
 
-def test_untrained_fusion_is_the_ensemble_mean(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+def test_untrained_fusion_is_the_ensemble_mean(
+    prepared: tuple[MultiCore, torch.Tensor, torch.Tensor],
+) -> None:
     model, _, test_images = prepared
     assert model.hfm_epochs_ == 0, "runs before test_train_predict_save_load (file order)"
     out = model.predict(test_images)

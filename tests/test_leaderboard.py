@@ -313,6 +313,10 @@ def test_gallery_from_heatmaps_pk(results: Path, tmp_path: Path) -> None:
     ]
     with pytest.raises(ValueError, match="not found"):
         choose_images(preds, ["nope.png"])
+    broken = tmp_path / "broken.pk"
+    broken.write_bytes(pk.read_bytes()[:100])
+    with pytest.raises(ValueError, match="broken.pk: unreadable heatmap pickle"):
+        load_predictions(broken)
 
     out = make_gallery(
         [("alpha", pk)], tmp_path / "g.png", images=["defect_001.png", "good_000"], use_registry=False
@@ -378,7 +382,9 @@ def test_gallery_finds_inputs_through_description_json(tmp_path: Path) -> None:
     assert found == tmp_path / "novel_folder" / "defect_000.png"
 
 
-def test_published_row_with_our_dataset_key_joins_its_table(results: Path, tmp_path: Path) -> None:
+def test_published_row_with_our_dataset_key_joins_its_table(
+    results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pub = tmp_path / "pub"
     pub.mkdir()
     (pub / "p.yaml").write_text(
@@ -391,3 +397,25 @@ def test_published_row_with_our_dataset_key_joins_its_table(results: Path, tmp_p
     assert "| Ref † | r | 0.9900 |" in ds1 and lb.PUBLISHED_MARK in ds1
     assert "**0.9900**" not in md and "| alpha | m1 | **0.9000** |" in ds1  # never bolded as best
     assert ("Ref", "r") not in {(r.algorithm, r.method) for r in board.ranks}
+
+    assert main(["leaderboard", str(results), "--published-dir", str(pub), "--format", "json"]) == 0
+    (ref,) = json.loads(capsys.readouterr().out)["published"]
+    assert ref["algorithm"] == "Ref" and ref["mark"] == lb.PUBLISHED_MARK
+
+
+def test_gallery_input_lookup_for_flattened_mvtec_names(tmp_path: Path) -> None:
+    """Our loaders name anomalous images '<defect>_<file>' over a list of defect folders."""
+    folder = tmp_path / "test" / "crack"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "003.png")
+    description = {"dataset": {"folder_path_novel_test": [str(tmp_path / "test" / "hole"), str(folder)]}}
+    assert find_input_image("crack_003.png", description, None, use_registry=False) == folder / "003.png"
+    assert find_input_image("hole_003.png", description, None, use_registry=False) is None
+
+
+def test_model_description_from_folder_when_data_json_lacks_it(tmp_path: Path) -> None:
+    epoch_dir = write_epoch(tmp_path, RUN, "multicore", "MC4", "ds", 0, _m(0.9, 0.9, 0.9, 0.9, "m"))
+    data = json.loads((epoch_dir / "data.json").read_text())
+    del data["model_description"]
+    (epoch_dir / "data.json").write_text(json.dumps(data))
+    assert scan_results([tmp_path]).epochs[0].label == "multicore_MC4"

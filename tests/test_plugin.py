@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fake_visionad import write_fake_visionad
+from tests.fake_visionad import read_calls, write_fake_visionad, write_visionad_config
 from visionad_multicore import plugin
 from visionad_multicore.algorithms import ALGORITHMS
 from visionad_multicore.cli import main
+from visionad_multicore.reporting import leaderboard as lb
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,3 +157,50 @@ def test_conflicts_are_refused(checkout: Path) -> None:
     (checkout / plugin.ALGO_LIST).write_text(f"def get_algo(a):\n    {plugin.BEGIN_MARKER}\n    return 1\n")
     with pytest.raises(plugin.PluginConflictError, match="marker comments are damaged"):
         plugin.install(checkout)
+
+
+@pytest.mark.slow
+def test_checkout_run_py_trains_multicore_after_install(tiny_mvtec: Path, tmp_path: Path) -> None:
+    """The checkout's own run.py, unchanged, runs `multicore` once the plugin is installed; the leaderboard
+    then reads the checkout's results."""
+    mvtec = tmp_path / "mvtec_copy"
+    shutil.copytree(tiny_mvtec, mvtec / "tiny")
+    root = write_fake_visionad(tmp_path / "VisionAD", mvtec_path=mvtec, mvtec_classes=["tiny"])
+    params = {
+        "preset": "mc2",
+        "coreset_size": 64,
+        "synthetic_size": 8,
+        "ssa": {
+            "buckets": [1, 2, 4],
+            "masks_per_bucket": 2,
+            "multi_counts": [2],
+            "masks_per_multi": 2,
+            "n_empty": 2,
+        },
+        "hfm_batch_size": 4,
+        "unet_depth": 2,
+        "unet_width": 4,
+        "validation_fraction": 0.25,
+        "progress": False,
+    }
+    write_visionad_config(
+        root / "configs" / "mc.py",
+        models=[{"algo_class_name": "multicore", "model_params": params, "model_description": "MC2"}],
+        dataset_list=["mvtec_tiny"],
+        metrics=["Imagewise_AUC"],
+        size=64,
+    )
+    plugin.install(root)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "run.py", "--config_file", os.path.join("configs", "mc.py"), "--run_description", "plug"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (call,) = read_calls(root)
+    assert call["algo_class"] == "visionad_multicore.algorithms.multicore.WrapperMultiCore"
+    assert call["hooks"] == ["enter_dataloaders", "train_one_epoch", "pre_eval_processing", "test"]
+    assert {"multicore", "ensemble_mean"} <= set(call["methods"])
+
+    board = lb.build_leaderboard([root / "results"], metrics=["Imagewise_AUC"])
+    assert {(r.algorithm, r.method) for r in board.rows} >= {("multicore_MC2", "multicore")}

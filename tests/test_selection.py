@@ -44,19 +44,26 @@ def test_default_candidates_are_the_48_paper_settings() -> None:
     assert len(cands) == 48 == len(set(cands))
     assert cands[0] == START == PredictorSpec("euclidean", 3, 1)
     assert {(c.patch_size, c.stride, c.distance) for c in cands} == {
-        (p, s, d) for p in (1, 3, 5, 7) for s in (1, 3, 5) for d in ("euclidean", "cosine", "minkowski3", "manhattan")
+        (p, s, d)
+        for p in (1, 3, 5, 7)
+        for s in (1, 3, 5)
+        for d in ("euclidean", "cosine", "minkowski3", "manhattan")
     }
 
 
 def test_load_candidates(tmp_path: Path) -> None:
     bare = tmp_path / "bare.yaml"
-    bare.write_text("- {distance: cosine, patch_size: 1, stride: 3}\n- {distance: euclidean, patch_size: 3, stride: 1}\n")
+    bare.write_text(
+        "- {distance: cosine, patch_size: 1, stride: 3}\n- {distance: euclidean, patch_size: 3, stride: 1}\n"
+    )
     assert load_candidates(bare) == [PredictorSpec("cosine", 1, 3), START]
     preset = tmp_path / "preset.yaml"
     preset.write_text("name: x\npredictors:\n  - {distance: manhattan, patch_size: 5, stride: 5}\n")
     assert load_candidates(preset) == [PredictorSpec("manhattan", 5, 5)]
     dup = tmp_path / "dup.yaml"
-    dup.write_text("- {distance: cosine, patch_size: 1, stride: 3}\n- {distance: cosine, patch_size: 1, stride: 3}\n")
+    dup.write_text(
+        "- {distance: cosine, patch_size: 1, stride: 3}\n- {distance: cosine, patch_size: 1, stride: 3}\n"
+    )
     with pytest.raises(ValueError, match="duplicates"):
         load_candidates(dup)
     bad = tmp_path / "bad.yaml"
@@ -122,14 +129,20 @@ def test_coverage_search_adds_the_complementary_predictor_then_stops() -> None:
     assert abs(result.steps[1].metrics["P-AUC"] - values[1]) < 1e-3
     rows = result.table_rows()
     assert rows[0]["added"] == "euclidean p3 s1" and rows[1]["n_predictors"] == 2
-    assert result.preset("toy").to_dict()["predictors"][1] == {"distance": "cosine", "patch_size": 1, "stride": 1}
+    assert result.preset("toy").to_dict()["predictors"][1] == {
+        "distance": "cosine",
+        "patch_size": 1,
+        "stride": 1,
+    }
 
 
 def test_coverage_search_limits_and_errors() -> None:
     maps, masks = _toy_problem()
     one = coverage_search(maps, masks, max_predictors=1, progress=False)
     assert one.chosen == (START,) and one.stop_reason == "maximum reached"
-    two = coverage_search(maps, masks[:, None], max_predictors=2, progress=False)  # (N, 1, H, W) masks accepted
+    two = coverage_search(
+        maps, masks[:, None], max_predictors=2, progress=False
+    )  # (N, 1, H, W) masks accepted
     assert len(two.chosen) == 2 and two.stop_reason == "maximum reached"
     without_start = {k: v for k, v in maps.items() if k != START}
     with pytest.raises(ValueError, match="start predictor"):
@@ -146,11 +159,15 @@ def test_coverage_search_limits_and_errors() -> None:
 def tiny_scoring_inputs() -> tuple[torch.Tensor, torch.Tensor, SyntheticAnomalySet]:
     g = torch.Generator().manual_seed(0)
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
-    base = torch.rand(1, 3, 8, 8, generator=g).repeat_interleave(8, -1).repeat_interleave(8, -2)  # smooth texture
+    base = (
+        torch.rand(1, 3, 8, 8, generator=g).repeat_interleave(8, -1).repeat_interleave(8, -2)
+    )  # smooth texture
     images01 = (base + 0.05 * torch.rand(6, 3, 64, 64, generator=g)).clamp(0, 1)
     images = (images01 - mean) / std
     bank, clean = images[:4], images[4:]
-    cfg = SSAConfig(size=64, buckets=(2, 4, 8), masks_per_bucket=3, multi_counts=(2,), masks_per_multi=2, n_empty=2)
+    cfg = SSAConfig(
+        size=64, buckets=(2, 4, 8), masks_per_bucket=3, multi_counts=(2,), masks_per_multi=2, n_empty=2
+    )
     synthetic = SyntheticAnomalySet(clean, MEAN, STD, generate_masks(cfg, seed=0), size=10, seed=0)
     return bank, clean, synthetic
 
@@ -191,13 +208,20 @@ def test_score_candidates_one_backbone_pass_normalised_and_cached(
         assert maps[spec].shape == (10, 64, 64) and maps[spec].dtype == np.float16
     # normalisation: recompute one candidate by hand with the same predictor
     member = PatchCorePlus(
-        patch_size=1, stride=1, distance="cosine", coreset_size=40, seed=0, input_mean=MEAN, input_std=STD,
+        patch_size=1,
+        stride=1,
+        distance="cosine",
+        coreset_size=40,
+        seed=0,
+        input_mean=MEAN,
+        input_std=STD,
         progress=False,
     ).fit([bank])
     clean_maps = member.predict([clean]).heatmaps.double()
     syn_images, _ = synthetic.tensors()
     expected = (member.predict([syn_images]).heatmaps.double() - clean_maps.mean()) / clean_maps.std()
     np.testing.assert_allclose(maps[cands[1]].astype(np.float64), expected.numpy(), atol=0.02, rtol=0.01)
+
     # second call: every candidate from the cache, no backbone built at all
     def no_backbone(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("the backbone must not run on a full cache hit")
@@ -218,7 +242,6 @@ def test_score_candidates_one_backbone_pass_normalised_and_cached(
     )
 
 
-@pytest.mark.slow
 def test_select_predictors_command_never_reads_test_images(
     tiny_mvtec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -235,12 +258,29 @@ def test_select_predictors_command_never_reads_test_images(
     registry = tmp_path / "registry.yaml"
     registry.write_text(f"datasets:\n  tiny:\n    path: {tiny_mvtec}\n")
     cands = tmp_path / "cands.yaml"
-    cands.write_text("- {distance: cosine, patch_size: 1, stride: 1}\n- {distance: manhattan, patch_size: 3, stride: 3}\n")
+    cands.write_text(
+        "- {distance: cosine, patch_size: 1, stride: 1}\n- {distance: manhattan, patch_size: 3, stride: 3}\n"
+    )
     out = tmp_path / "out" / "preset.yaml"
     argv = [
-        "select-predictors", "--dataset", "tiny", "--registry", str(registry), "--candidates", str(cands),
-        "--size", "64", "--coreset-size", "30", "--synthetic-size", "16", "--max-predictors", "3",
-        "--out", str(out), "--no-progress",
+        "select-predictors",
+        "--dataset",
+        "tiny",
+        "--registry",
+        str(registry),
+        "--candidates",
+        str(cands),
+        "--size",
+        "64",
+        "--coreset-size",
+        "30",
+        "--synthetic-size",
+        "16",
+        "--max-predictors",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
     ]
     assert main(argv) == 0
     assert opened and all("/train/" in p for p in opened), [p for p in opened if "/train/" not in p]

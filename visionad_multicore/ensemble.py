@@ -114,14 +114,18 @@ class Preset:
             raise ValueError(f"{source}: a preset must be a mapping with keys 'name' and 'predictors'")
         unknown = sorted(set(values) - {"name", "predictors"})
         if unknown:
-            raise ValueError(f"{source}: unknown preset keys {unknown}; valid keys are ['name', 'predictors']")
+            raise ValueError(
+                f"{source}: unknown preset keys {unknown}; valid keys are ['name', 'predictors']"
+            )
         if "predictors" not in values or not isinstance(values["predictors"], Sequence):
             raise ValueError(f"{source}: 'predictors' must be a list of {{distance, patch_size, stride}}")
         valid = [f.name for f in dataclasses.fields(PredictorSpec)]
         specs = []
         for i, item in enumerate(values["predictors"]):
             if not isinstance(item, Mapping) or set(item) != set(valid):
-                raise ValueError(f"{source}: predictor {i + 1} must have exactly the keys {valid}, got {item!r}")
+                raise ValueError(
+                    f"{source}: predictor {i + 1} must have exactly the keys {valid}, got {item!r}"
+                )
             try:
                 specs.append(PredictorSpec(**item))
             except ValueError as err:
@@ -302,7 +306,9 @@ class MultiCore:
     # ------------------------------------------------------------------ backbone
     def _extractor(self) -> Any:
         if self.input_mean_ is None or self.input_std_ is None:
-            raise RuntimeError("MultiCore: the input mean/std are unknown; call prepare() or load_state_dict()")
+            raise RuntimeError(
+                "MultiCore: the input mean/std are unknown; call prepare() or load_state_dict()"
+            )
         stats = (self.input_mean_, self.input_std_)
         if self._feature_extractor is None or self._feature_stats != stats:
             self._feature_extractor = build_backbone(
@@ -353,7 +359,9 @@ class MultiCore:
             ``self``.
         """
         if train_images.ndim != 4 or train_images.shape[1] != 3:
-            raise ValueError(f"MultiCore.prepare: expected images (N, 3, H, W), got {tuple(train_images.shape)}")
+            raise ValueError(
+                f"MultiCore.prepare: expected images (N, 3, H, W), got {tuple(train_images.shape)}"
+            )
         train_images = train_images.detach().float().cpu()
         self.input_mean_ = tuple(float(v) for v in mean)
         self.input_std_ = tuple(float(v) for v in std)
@@ -390,7 +398,10 @@ class MultiCore:
         self.stats_std_ = clean.double().std(dim=(0, 2, 3)).float().clamp_min(_STD_FLOOR)  # (M,)
         logger.info(
             "Member normalisation (mean, std): %s",
-            {k: (round(float(m), 5), round(float(s), 5)) for k, m, s in zip(self.member_keys, self.stats_mean_, self.stats_std_)},
+            {
+                k: (round(float(m), 5), round(float(s), 5))
+                for k, m, s in zip(self.member_keys, self.stats_mean_, self.stats_std_)
+            },
         )
 
         # 3. synthetic set from fusion-share images only, scored by every member, cached normalised
@@ -462,7 +473,9 @@ class MultiCore:
     def train_epoch(self) -> EpochRecord:
         """Train the HFM for one epoch on the synthetic cache (after :meth:`prepare`)."""
         if self._trainer is None or self._cache is None or self._train_idx is None or self._val_idx is None:
-            raise RuntimeError("MultiCore.train_epoch: call prepare() first (a loaded model cannot be trained)")
+            raise RuntimeError(
+                "MultiCore.train_epoch: call prepare() first (a loaded model cannot be trained)"
+            )
         record = self._trainer.run_epoch(
             *self._cache, self._train_idx, self._val_idx, progress=self.progress, labels=self._labels
         )
@@ -549,7 +562,9 @@ class MultiCore:
             diff = sorted(k for k in saved if saved[k] != mine.get(k))
             raise ValueError(f"MultiCore.load_state_dict: the state was saved with other parameters ({diff})")
         if len(state["members"]) != len(self.members):
-            raise ValueError(f"MultiCore.load_state_dict: {len(state['members'])} members saved, {len(self.members)} built")
+            raise ValueError(
+                f"MultiCore.load_state_dict: {len(state['members'])} members saved, {len(self.members)} built"
+            )
         self.input_mean_ = tuple(float(v) for v in state["input_mean"])
         self.input_std_ = tuple(float(v) for v in state["input_std"])
         self.image_size_ = (int(state["image_size"][0]), int(state["image_size"][1]))
@@ -572,15 +587,22 @@ class MultiCore:
         best = int(state.get("hfm_best_epoch", -1))
         self.hfm_best_epoch_ = None if best < 0 else best
         self.hfm_epochs_ = int(state.get("hfm_epochs", 0))
-        self._trainer, self._cache, self._labels, self._train_idx, self._val_idx = None, None, None, None, None
+        self._trainer, self._cache, self._labels, self._train_idx, self._val_idx = (
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
         self._fusion_stale = False
         return self
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], device: str | None = None, progress: bool = True) -> MultiCore:
+    def from_state_dict(
+        cls, state: Mapping[str, Any], device: str | None = None, progress: bool = True
+    ) -> MultiCore:
         """Build a fresh instance from a :meth:`state_dict` (optionally on another device)."""
         params = cls.params_from_dict(state["params"])
         if device is not None:
             params["device"] = device
         return cls(**params, progress=progress).load_state_dict(state)
-

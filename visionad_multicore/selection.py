@@ -43,7 +43,7 @@ import yaml
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from visionad_multicore.ensemble import Preset, PredictorSpec
+from visionad_multicore.ensemble import PredictorSpec, Preset
 from visionad_multicore.patchcore.backbone import build_backbone
 from visionad_multicore.patchcore.predictor import PatchCorePlus
 
@@ -65,7 +65,10 @@ ImageSource = torch.Tensor | Dataset
 def default_candidates() -> list[PredictorSpec]:
     """The paper's 48 predictor settings: patch size [3, 1, 5, 7] x stride [1, 3, 5] x the four distances."""
     return [
-        PredictorSpec(distance=d, patch_size=p, stride=s) for p in PATCH_SIZES for s in STRIDES for d in DISTANCES
+        PredictorSpec(distance=d, patch_size=p, stride=s)
+        for p in PATCH_SIZES
+        for s in STRIDES
+        for d in DISTANCES
     ]
 
 
@@ -176,14 +179,25 @@ def cache_key(spec: PredictorSpec, settings: ScoringSettings, data_fingerprint: 
 class _LayerMaps:
     """Backbone layer maps of an image source, computed once (one pass per image) and kept on the CPU."""
 
-    def __init__(self, extractor: torch.nn.Module, source: ImageSource, settings: ScoringSettings, desc: str,
-                 progress: bool) -> None:
+    def __init__(
+        self,
+        extractor: torch.nn.Module,
+        source: ImageSource,
+        settings: ScoringSettings,
+        desc: str,
+        progress: bool,
+    ) -> None:
         self.batches: list[list[torch.Tensor]] = []
         self.out_size: tuple[int, int] | None = None
         n_batches = -(-len(source) // settings.batch_size)  # type: ignore[arg-type]
         with torch.no_grad():
-            for batch in tqdm(_batches(source, settings.batch_size), total=n_batches, desc=desc,
-                              disable=not progress, leave=False):
+            for batch in tqdm(
+                _batches(source, settings.batch_size),
+                total=n_batches,
+                desc=desc,
+                disable=not progress,
+                leave=False,
+            ):
                 self.out_size = (int(batch.shape[-2]), int(batch.shape[-1]))
                 maps = extractor(batch.to(settings.device, dtype=torch.float32))
                 self.batches.append([m.cpu() for m in maps])
@@ -196,7 +210,9 @@ class _LayerMaps:
 def _predict(member: PatchCorePlus, maps: _LayerMaps, device: str) -> torch.Tensor:
     """``(N, H, W)`` float32 CPU heatmaps of every image of ``maps``."""
     assert maps.out_size is not None
-    return torch.cat([member.predict_features(m, maps.out_size).heatmaps.float().cpu() for m in maps.on(device)])
+    return torch.cat(
+        [member.predict_features(m, maps.out_size).heatmaps.float().cpu() for m in maps.on(device)]
+    )
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
@@ -245,8 +261,12 @@ def score_candidates(
         raise ValueError("candidates hold duplicates")
     data_fp = hashlib.sha256(
         "|".join(
-            [fingerprint(bank_images), fingerprint(clean_images), fingerprint(synthetic_images),
-             json.dumps([list(map(float, mean)), list(map(float, std))])]
+            [
+                fingerprint(bank_images),
+                fingerprint(clean_images),
+                fingerprint(synthetic_images),
+                json.dumps([list(map(float, mean)), list(map(float, std))]),
+            ]
         ).encode()
     ).hexdigest()
     cache = Path(cache_dir) if cache_dir is not None else None
@@ -268,17 +288,28 @@ def score_candidates(
         bank = _LayerMaps(extractor, bank_images, settings, "Backbone: bank share", progress)
         clean = _LayerMaps(extractor, clean_images, settings, "Backbone: clean fusion share", progress)
         synthetic = _LayerMaps(extractor, synthetic_images, settings, "Backbone: synthetic set", progress)
-        log.info("backbone pass over %d images in %.1f s", len(bank_images) + len(clean_images)  # type: ignore[arg-type]
-                 + len(synthetic_images), time.perf_counter() - start)  # type: ignore[arg-type]
+        n_images = sum(b[0].shape[0] for m in (bank, clean, synthetic) for b in m.batches)
+        log.info("backbone pass over %d images in %.1f s", n_images, time.perf_counter() - start)
         del extractor
-        for spec in tqdm(missing, desc="Candidates", disable=not progress):
+        for number, spec in enumerate(tqdm(missing, desc="Candidates", disable=not progress), start=1):
             t0 = time.perf_counter()
             member = PatchCorePlus(
-                patch_size=spec.patch_size, stride=spec.stride, distance=spec.distance,
-                coreset_size=settings.coreset_size, k=settings.k, backbone=settings.backbone,
-                backbone_weights=settings.backbone_weights, feature_dim=settings.feature_dim,
-                projection_dim=settings.projection_dim, knn_backend=settings.knn_backend, sigma=settings.sigma,
-                seed=settings.seed, device=settings.device, input_mean=mean, input_std=std, progress=False,
+                patch_size=spec.patch_size,
+                stride=spec.stride,
+                distance=spec.distance,
+                coreset_size=settings.coreset_size,
+                k=settings.k,
+                backbone=settings.backbone,
+                backbone_weights=settings.backbone_weights,
+                feature_dim=settings.feature_dim,
+                projection_dim=settings.projection_dim,
+                knn_backend=settings.knn_backend,
+                sigma=settings.sigma,
+                seed=settings.seed,
+                device=settings.device,
+                input_mean=mean,
+                input_std=std,
+                progress=False,
             )
             member.fit_features(bank.on(settings.device))
             clean_maps = _predict(member, clean, settings.device).double()  # (Nf, H, W)
@@ -290,15 +321,27 @@ def score_candidates(
                 path = cache / f"{keys[spec]}.npy"
                 _save_atomic(path, maps)
                 meta = {
-                    "format": CACHE_FORMAT, "predictor": spec.to_dict(), "settings": dataclasses.asdict(settings),
-                    "data_fingerprint": data_fp, "norm_mean": mu, "norm_std": sd, "shape": list(maps.shape),
+                    "format": CACHE_FORMAT,
+                    "predictor": spec.to_dict(),
+                    "settings": dataclasses.asdict(settings),
+                    "data_fingerprint": data_fp,
+                    "norm_mean": mu,
+                    "norm_std": sd,
+                    "shape": list(maps.shape),
                     "seconds": round(time.perf_counter() - t0, 2),
                 }
                 tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.json")
                 tmp.write_text(json.dumps(meta, indent=1))
                 os.replace(tmp, path.with_suffix(".json"))
-            log.debug("%s scored in %.1f s (norm mean %.4g, std %.4g)", spec_label(spec),
-                      time.perf_counter() - t0, mu, sd)
+            log.info(
+                "candidate %d/%d %s scored in %.1f s (norm mean %.4g, std %.4g)",
+                number,
+                len(missing),
+                spec_label(spec),
+                time.perf_counter() - t0,
+                mu,
+                sd,
+            )
     return {spec: results[spec] for spec in candidates}
 
 
@@ -440,7 +483,9 @@ def coverage_search(
     shape = np.shape(maps[start])
     for spec, m in maps.items():
         if np.shape(m) != shape or masks.shape != shape:
-            raise ValueError(f"maps of {spec_label(spec)} {np.shape(m)} and masks {masks.shape} must all match")
+            raise ValueError(
+                f"maps of {spec_label(spec)} {np.shape(m)} and masks {masks.shape} must all match"
+            )
 
     total = np.asarray(maps[start], dtype=np.float32).copy()  # running sum of the group's maps (N, H, W)
     chosen = [start]
@@ -468,8 +513,12 @@ def coverage_search(
         if not best_value > steps[-1].criterion:
             stop_reason = "no improvement"
             best_rejected = float(best_value)
-            log.info("stop: best addition %s gives %.5f <= %.5f", spec_label(best_spec), best_value,
-                     steps[-1].criterion)
+            log.info(
+                "stop: best addition %s gives %.5f <= %.5f",
+                spec_label(best_spec),
+                best_value,
+                steps[-1].criterion,
+            )
             break
         total += np.asarray(maps[best_spec], dtype=np.float32)
         chosen.append(best_spec)

@@ -27,7 +27,9 @@ def test_ssim_loss_of_identical_maps_is_zero(seed: int) -> None:
 
 def test_ssim_loss_positive_for_different_maps() -> None:
     g = torch.Generator().manual_seed(0)
-    assert float(ssim_loss(torch.rand(1, 1, 24, 24, generator=g), torch.rand(1, 1, 24, 24, generator=g))) > 0.5
+    assert (
+        float(ssim_loss(torch.rand(1, 1, 24, 24, generator=g), torch.rand(1, 1, 24, 24, generator=g))) > 0.5
+    )
 
 
 @settings(max_examples=25, deadline=None)

@@ -96,3 +96,18 @@ def test_trainer_is_reproducible() -> None:
         states.append(trainer.model.state_dict())
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_validation_at_full_size_with_labels() -> None:
+    """Training at a low work size; validation AUROC against full-size labels after upsampling."""
+    inputs, masks = _toy_data(n=8, size=32)
+    low_inputs = torch.nn.functional.interpolate(inputs.float(), size=(16, 16), mode="area").half()
+    low_masks = torch.nn.functional.interpolate(masks.float(), size=(16, 16), mode="area").half()
+    config = HFMTrainConfig(lr=1e-3, batch_size=4, unet_depth=2, unet_width=4, work_size=16, seed=0)
+    trainer = HFMTrainer(2, config)
+    record = trainer.run_epoch(
+        low_inputs, low_masks, np.arange(6), np.arange(6, 8), progress=False, labels=masks
+    )
+    assert record.validation is not None and 0.5 < record.validation.pixel_auroc <= 1.0
+    with torch.no_grad():
+        assert trainer.best_model()(inputs[:1].float()).shape == (1, 1, 32, 32)

@@ -63,3 +63,16 @@ def test_gradients_reach_first_layer_after_one_step() -> None:
 def test_rejects_wrong_channels() -> None:
     with pytest.raises(ValueError, match="expected input"):
         UNet(3, 4, 2)(torch.randn(1, 2, 16, 16))
+
+
+def test_work_size_runs_low_and_returns_requested_size() -> None:
+    net = UNet(2, base_channels=4, depth=2, residual_mean=True, work_size=16)
+    x = torch.randn(2, 2, 64, 48)
+    with torch.no_grad():
+        out = net(x)
+        assert out.shape == (2, 1, 64, 48)
+        assert net(x, out_size=(32, 32)).shape == (2, 1, 32, 32)
+        low = torch.randn(2, 2, 16, 16)
+        torch.testing.assert_close(net(low), low.mean(dim=1, keepdim=True))  # identity start at work size
+    with pytest.raises(ValueError, match="work_size"):
+        UNet(2, 4, depth=3, work_size=4)

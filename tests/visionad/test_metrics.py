@@ -126,8 +126,11 @@ def test_pixel_auroc_matches_sklearn(with_regular, quantise):
         labels = np.r_[labels, np.zeros(regular.size)]
         values = np.r_[values, regular.ravel()]
     expected = roc_auc_score(labels, values)
+    novel_before, regular_before = novel.copy(), regular.copy()
     ours = pixel_auroc(torch.from_numpy(novel)[:, None], masks[:, None], regular if with_regular else None)
     assert ours == pytest.approx(expected, abs=1e-12)
+    np.testing.assert_array_equal(novel, novel_before)  # sorting happens on copies only
+    np.testing.assert_array_equal(regular, regular_before)
 
 
 def test_auroc_flip_below_half():
@@ -411,3 +414,37 @@ def test_run_metrics_names():
             "metric_data": {"m": {"auroc_unflipped": 1.0, "flipped": False}},
         }
     }
+
+
+def test_visionad_wrappers_truncate_fractional_targets_like_visionad() -> None:
+    """VisionAD casts targets with ``.int()``: a bilinear-resized border value of 0.5 counts as normal."""
+    from visionad_multicore.visionad.metrics import pixelwise_auc_anom_only
+
+    rng = np.random.default_rng(3)
+    maps = rng.random((2, 1, 16, 16)).astype(np.float32)
+    targets = np.zeros((2, 1, 16, 16), dtype=np.float32)
+    targets[:, :, 4:8, 4:8] = 1.0
+    fractional = targets.copy()
+    fractional[:, :, 8, 4:8] = 0.5  # would be rejected by the strict pure function
+    heatmaps = {"heatmap_set_novel": {"m": maps}, "heatmap_set_regular": {"m": maps}}
+    exact, _ = pixelwise_auc_anom_only(heatmaps, {}, {"targets_novel": targets}, None)
+    truncated, _ = pixelwise_auc_anom_only(heatmaps, {}, {"targets_novel": fractional}, None)
+    assert exact["m"] == truncated["m"]
+
+
+def test_pl_leaves_out_images_with_empty_masks(caplog: pytest.LogCaptureFixture) -> None:
+    from visionad_multicore.visionad.metrics import pl_metric, proportion_localised
+
+    rng = np.random.default_rng(4)
+    maps = rng.random((3, 1, 256, 256)).astype(np.float32)
+    targets = np.zeros((3, 1, 256, 256), dtype=np.float32)
+    targets[0, 0, 10:60, 10:60] = 1
+    targets[2, 0, 100:140, 30:90] = 1
+    maps[0, 0, 10:60, 10:60] += 2.0
+    maps[2, 0, 100:140, 30:90] += 2.0
+    with caplog.at_level("WARNING"):
+        results, info = pl_metric({"heatmap_set_novel": {"m": maps}}, {}, {"targets_novel": targets}, None)
+    assert "1 of 3 anomalous test images have an empty mask" in caplog.text
+    assert results["m"] == proportion_localised(maps[[0, 2]], targets[[0, 2]])
+    assert results["m"] == 1.0
+    assert info["m"]["n_images_scored"] == 2

@@ -144,7 +144,7 @@ def test_method_missing_from_one_split_or_wrong_size_is_dropped(caplog):
     assert set(heatmaps["heatmap_set_novel"]) == {"a", "b"}
     text = caplog.text
     assert "'only_regular'" in text and "no heatmaps for the regular test set" in text
-    assert "'small'" in text and "(64, 64), expected (256, 256)" in text
+    assert "'small'" in text and "(64, 64), expected (256, 256)" in text and "must be 256 x 256" in text
 
 
 def test_consuming_part_of_the_test_set_raises():

@@ -308,3 +308,31 @@ def test_shipped_configs_load():
         "demo_grass",
         "demo_gravel",
     ]
+
+
+def test_wandb_logging_when_asked(tmp_path, registry, monkeypatch):
+    import sys
+    import types
+
+    calls: list[tuple] = []
+
+    class FakeRun:
+        def log(self, values):
+            calls.append(("log", dict(values)))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kwargs):
+        calls.append(("init", kwargs))
+        return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    config = write_visionad_config(tmp_path / "cfg.py", dataset_list=["tiny"], metrics=["Imagewise_AUC"])
+    summary = run(config, registry, tmp_path / "res", wandb=True, run_description="wb")
+    assert summary.ok
+    assert calls[0][0] == "init" and calls[0][1]["project"] == "wb__random_tiny"
+    assert calls[0][1]["config"]["model_params"]["wandb"] is True
+    logged = {k for call in calls if call[0] == "log" for k in call[1]}
+    assert {"epoch", "Imagewise_AUC_random", "train_time", "inference_time"} <= logged
+    assert calls[-1] == ("finish",)

@@ -24,8 +24,8 @@ outputs:
   --export FILE.json|FILE.csv
                          submission export (algorithm, preset, package version, config hash, seed, hardware,
                          per-dataset metrics and timings); schema in docs/submission_schema.md.
-  --published [DIR]      add the published reference rows (benchmark_runs/published/*.yaml), marked
-                         "published, not reproduced" and never ranked.
+  --published            add the published reference rows (benchmark_runs/published/*.yaml, or
+                         --published-dir), marked "published, not reproduced" and never ranked.
 Every file is written atomically (temporary file, then rename).
 
 examples:
@@ -83,10 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--published",
-        nargs="?",
-        const="",
+        action="store_true",
+        help="show the published reference rows, marked 'published, not reproduced' and never ranked",
+    )
+    parser.add_argument(
+        "--published-dir",
+        type=Path,
         metavar="DIR",
-        help="show published reference rows (default folder: benchmark_runs/published of this checkout)",
+        help="folder of published *.yaml files (default: benchmark_runs/published of this checkout)",
     )
     parser.add_argument(
         "--export", type=Path, metavar="FILE", help="submission export; .json or .csv by suffix"
@@ -152,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = scan_results(args.results_dirs)
         published = []
-        if args.published is not None:
-            published = lb.load_published(args.published or lb.DEFAULT_PUBLISHED_DIR)
+        if args.published or args.published_dir:
+            published = lb.load_published(args.published_dir or lb.DEFAULT_PUBLISHED_DIR)
         board = lb.build_leaderboard(
             report,
             metrics=args.metrics,

@@ -37,27 +37,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt("data_root", default=None, help="folder replacing the dataset entry's root")
     opt("registry", default=None, help="extra dataset registry YAML")
     opt("candidates", default="all", help="'all' (the 48 paper settings) or a YAML file of predictors")
-    opt("metric", default="Pixelwise_AUC", choices=METRIC_NAMES, help="search criterion (default %(default)s)")
+    opt(
+        "metric", default="Pixelwise_AUC", choices=METRIC_NAMES, help="search criterion (default %(default)s)"
+    )
     opt("max-predictors", type=int, default=8, help="most predictors in the set (default %(default)s)")
-    opt("out", type=Path, default=Path("preset.yaml"), help="preset YAML to write (table and record beside it)")
+    opt(
+        "out",
+        type=Path,
+        default=Path("preset.yaml"),
+        help="preset YAML to write (table and record beside it)",
+    )
     opt("name", default=None, help="preset name (default: coverage_<dataset>)")
     opt("backbone", default="efficientnet_lite0", help="backbone (default %(default)s)")
     opt("backbone-weights", default=None, help="local backbone weights file")
-    opt("coreset-size", type=int, default=25_000, help="memory-bank size of every candidate (default %(default)s)")
+    opt(
+        "coreset-size",
+        type=int,
+        default=25_000,
+        help="memory-bank size of every candidate (default %(default)s)",
+    )
     opt("k", type=int, default=1, help="nearest neighbours per patch score")
     opt("synthetic-size", type=int, default=1000, help="synthetic anomalies scored (default %(default)s)")
-    opt("bank-share", type=float, default=0.8, help="share of training images in the banks (default %(default)s)")
+    opt(
+        "bank-share",
+        type=float,
+        default=0.8,
+        help="share of training images in the banks (default %(default)s)",
+    )
     opt("noise-std", type=float, default=0.5, help="synthetic-anomaly noise std in [0, 1] pixels")
     opt("size", type=int, default=256, help="model input size (Resize NEAREST, as the test images)")
     opt("seed", type=int, default=0, help="seed of the split, masks, synthetic set and coresets")
-    opt("cache-dir", type=Path, default=None, help="on-disk cache of candidates' maps (default: beside --out)")
+    opt(
+        "cache-dir", type=Path, default=None, help="on-disk cache of candidates' maps (default: beside --out)"
+    )
     opt("device", default="cpu", help="torch device")
     opt("batch-size", type=int, default=8, help="images per backbone pass")
     opt("no-progress", action="store_true", help="hide progress bars")
 
 
 def _anomalous(masks: np.ndarray) -> np.ndarray:
-    return masks.reshape(masks.shape[0], -1).any(axis=1)
+    """``(N,)`` bool: which items have a non-empty mask."""
+    return np.asarray(masks.reshape(masks.shape[0], -1).any(axis=1))
 
 
 def _resize_for_pl(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +90,9 @@ def _resize_for_pl(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.
     import torch.nn.functional as F
 
     size = (PL_IMAGE_SIZE, PL_IMAGE_SIZE)
-    m = F.interpolate(torch.from_numpy(maps)[:, None].float(), size=size, mode="bilinear", align_corners=False)
+    m = F.interpolate(
+        torch.from_numpy(maps)[:, None].float(), size=size, mode="bilinear", align_corners=False
+    )
     k = F.interpolate(torch.from_numpy(masks)[:, None].float(), size=size, mode="nearest")
     return m[:, 0].numpy(), k[:, 0].numpy() > 0.5
 
@@ -153,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     progress = not args.no_progress
     candidates = (
-        selection.default_candidates() if args.candidates == "all" else selection.load_candidates(args.candidates)
+        selection.default_candidates()
+        if args.candidates == "all"
+        else selection.load_candidates(args.candidates)
     )
     if selection.START not in candidates:
         candidates = [selection.START, *candidates]
@@ -166,15 +190,28 @@ def run(args: argparse.Namespace) -> int:
     mean, std = list(train.mean), list(train.std)
     bank_images = stack_images(train, bank_idx)
     fusion_images = stack_images(train, fusion_idx)
-    log.info("%s: %d training images -> %d bank, %d fusion", args.dataset, len(train), len(bank_idx), len(fusion_idx))
-    mask_set = generate_masks(SSAConfig(size=args.size, noise_std=args.noise_std), seed=args.seed, progress=progress)
+    log.info(
+        "%s: %d training images -> %d bank, %d fusion",
+        args.dataset,
+        len(train),
+        len(bank_idx),
+        len(fusion_idx),
+    )
+    mask_set = generate_masks(
+        SSAConfig(size=args.size, noise_std=args.noise_std), seed=args.seed, progress=progress
+    )
     synthetic = SyntheticAnomalySet(
         fusion_images, mean, std, mask_set, size=args.synthetic_size, noise_std=args.noise_std, seed=args.seed
     )
     masks = torch.stack([synthetic.masks[synthetic.mask_index[i]] for i in range(len(synthetic))]).numpy()
     settings = selection.ScoringSettings(
-        backbone=args.backbone, backbone_weights=args.backbone_weights, coreset_size=args.coreset_size, k=args.k,
-        seed=args.seed, device=args.device, batch_size=args.batch_size,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        coreset_size=args.coreset_size,
+        k=args.k,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
     )
     t_score = time.perf_counter()
     maps = selection.score_candidates(
@@ -183,8 +220,14 @@ def run(args: argparse.Namespace) -> int:
     t_score = time.perf_counter() - t_score
     t_search = time.perf_counter()
     result = selection.coverage_search(
-        maps, masks, criterion_for(args.metric), args.metric, args.max_predictors, selection.START,
-        evaluate=synthetic_metrics, progress=progress,
+        maps,
+        masks,
+        criterion_for(args.metric),
+        args.metric,
+        args.max_predictors,
+        selection.START,
+        evaluate=synthetic_metrics,
+        progress=progress,
     )
     t_search = time.perf_counter() - t_search
 

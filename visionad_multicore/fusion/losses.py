@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import Tensor, nn
 
-__all__ = ["FusionLoss", "cldice_loss", "soft_erode", "soft_dilate", "soft_open", "soft_skeleton", "ssim_loss"]
+__all__ = [
+    "FusionLoss",
+    "cldice_loss",
+    "soft_erode",
+    "soft_dilate",
+    "soft_open",
+    "soft_skeleton",
+    "ssim_loss",
+]
 
 
 def _check_pair(pred: Tensor, target: Tensor, name: str) -> None:
@@ -144,5 +152,7 @@ class FusionLoss(nn.Module):
         prob = torch.sigmoid(logits)
         loss = ssim_loss(prob, mask, win_size=self.ssim_win_size)
         if self.cldice_weight > 0:
-            loss = loss + self.cldice_weight * cldice_loss(prob, mask, self.cldice_iterations, self.cldice_eps)
+            loss = loss + self.cldice_weight * cldice_loss(
+                prob, mask, self.cldice_iterations, self.cldice_eps
+            )
         return loss

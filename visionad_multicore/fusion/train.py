@@ -98,7 +98,9 @@ class HFMTrainConfig:
                 f"HFMTrainConfig.work_size must be None or >= 2 ** unet_depth = {2**self.unet_depth}, got {self.work_size}"
             )
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"HFMTrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+            raise ValueError(
+                f"HFMTrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}"
+            )
         if self.selection_metric not in SELECTION_METRICS:
             raise ValueError(
                 f"HFMTrainConfig.selection_metric must be one of {SELECTION_METRICS}, got {self.selection_metric!r}"

@@ -152,5 +152,7 @@ class UNet(nn.Module):
         if self.residual_mean:
             out = out + x.mean(dim=1, keepdim=True)
         if tuple(out.shape[-2:]) != target:
-            out = F.interpolate(out, size=target, mode="bilinear", align_corners=False)  # (B, 1, H_out, W_out)
+            out = F.interpolate(
+                out, size=target, mode="bilinear", align_corners=False
+            )  # (B, 1, H_out, W_out)
         return out

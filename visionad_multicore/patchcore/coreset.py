@@ -95,22 +95,43 @@ def greedy_coreset_indices(
     return _greedy_k_center(proj, size, metric, seed, progress)
 
 
-def _sq_or_dist(points: torch.Tensor, centre: torch.Tensor, metric: str) -> torch.Tensor:
-    """Squared euclidean distance for ``euclidean`` (cheaper, same order), the true distance otherwise."""
-    if metric == "euclidean":
-        return (points - centre).square_().sum(dim=1)
-    return distances_to_point(points, centre, metric)
+class _Metric:
+    """Distances from points to one centre; ``euclidean`` is kept squared (same order, no root)."""
+
+    def __init__(self, points: torch.Tensor, metric: str) -> None:
+        self.points = points
+        self.metric = metric
+        self.squared = metric == "euclidean"
+        # |x|^2 of every row for the matrix-vector form of squared euclidean distances
+        self.sq_norms = points.square().sum(dim=1) if self.squared else None  # (N,)
+
+    def to_rows(self, rows: torch.Tensor | None, centre: torch.Tensor) -> torch.Tensor:
+        """(Squared) distances of ``points[rows]`` (all points if ``rows`` is None) to ``centre``."""
+        block = self.points if rows is None else torch.index_select(self.points, 0, rows)  # (C, d)
+        if self.squared:
+            assert self.sq_norms is not None
+            norms = self.sq_norms if rows is None else torch.index_select(self.sq_norms, 0, rows)
+            return (norms - 2.0 * (block @ centre) + centre.square().sum()).clamp_min_(0.0)
+        return distances_to_point(block, centre, self.metric)
+
+    def between(self, block: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        """(Squared) distances of a small (M, d) block of vectors to ``centre``."""
+        if self.squared:
+            return (block - centre).square_().sum(dim=1)
+        return distances_to_point(block, centre, self.metric)
 
 
 def _greedy_k_center(points: torch.Tensor, size: int, metric: str, seed: int, progress: bool) -> torch.Tensor:
     """Exact greedy k-center (farthest point) with triangle-inequality pruning; ``points`` is (N, d).
 
     For ``euclidean`` the running vector holds squared distances (halving a distance quarters its square).
+    Per step: an argmax and a threshold over the (N,) vector, distances to the earlier centres of the few
+    points that pass, and distances to the new centre of the points that survive the triangle bound.
     """
     n = points.shape[0]
     device = points.device
-    squared = metric == "euclidean"
-    half = 0.25 if squared else 0.5
+    dist = _Metric(points, metric)
+    half = 0.25 if dist.squared else 0.5
     gen = torch.Generator().manual_seed(seed + 1)
     first = int(torch.randint(n, (1,), generator=gen).item())
 
@@ -118,21 +139,25 @@ def _greedy_k_center(points: torch.Tensor, size: int, metric: str, seed: int, pr
     centres = torch.empty(size, points.shape[1], dtype=points.dtype, device=device)  # (size, d)
     selected[0] = first
     centres[0] = points[first]
-    min_dist = _sq_or_dist(points, points[first], metric)  # (N,) (squared) distance to nearest centre
+    min_dist = dist.to_rows(None, points[first])  # (N,) (squared) distance to the nearest centre
     assign = torch.zeros(n, dtype=torch.long, device=device)  # (N,) index (into centres) of that centre
     min_dist[first] = -1.0  # selected points are marked -1 so they can never be chosen again
     evaluated = 0
     for k in tqdm(range(1, size), desc="coreset", disable=not progress, mininterval=1.0):
-        idx_t = torch.argmax(min_dist)
+        radius, idx_t = torch.max(min_dist, dim=0)
         centre = points[idx_t]
         selected[k] = idx_t
         centres[k] = centre
-        # x (nearest centre j) can only move to the new centre c if d(x, j) > d(c, j) / 2 (triangle inequality)
-        gap = _sq_or_dist(centres[:k], centre, metric)  # (k,) d(c, j) for every earlier centre
-        cand = torch.nonzero(min_dist > gap[assign] * half).squeeze(1)  # (C,)
+        # x (nearest centre j) can only move to the new centre c if d(x, j) > d(c, j) / 2 (triangle
+        # inequality), and d(c, j) >= radius for every j, so points within radius / 2 are skipped first.
+        far = torch.nonzero(min_dist > radius * half).squeeze(1)  # (F,)
+        owners = torch.index_select(assign, 0, far)  # (F,)
+        gap = dist.between(centres[:k], centre)  # (k,) d(c, j) for every earlier centre
+        keep = torch.index_select(min_dist, 0, far) > torch.index_select(gap, 0, owners) * half
+        cand = far[keep]  # (C,)
         evaluated += cand.numel()
-        new_dist = _sq_or_dist(points[cand], centre, metric)  # (C,)
-        closer = new_dist < min_dist[cand]
+        new_dist = dist.to_rows(cand, centre)  # (C,)
+        closer = new_dist < torch.index_select(min_dist, 0, cand)
         moved = cand[closer]
         min_dist[moved] = new_dist[closer]
         assign[moved] = k

@@ -76,11 +76,16 @@ def load_predictions(path: str | os.PathLike[str]) -> SavedPredictions:
     """Read a ``heatmaps.pk`` / ``best.pk`` file (and its ``description.json``).
 
     Raises:
-        ValueError: the pickle is not VisionAD's 4-tuple (the message names the file and what is missing).
+        ValueError: the file is not a readable pickle of VisionAD's 4-tuple (the message names the file).
     """
     path = Path(path)
-    with path.open("rb") as f:
-        payload = pickle.load(f)  # noqa: S301  (results written by VisionAD / our runner)
+    try:
+        with path.open("rb") as f:
+            payload = pickle.load(f)  # noqa: S301  (results written by VisionAD / our runner)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated or foreign pickles raise many kinds of errors
+        raise ValueError(f"{path}: unreadable heatmap pickle ({type(exc).__name__}: {exc})") from exc
     if not (isinstance(payload, tuple | list) and len(payload) == 4):
         raise ValueError(
             f"{path}: expected a pickle of (heatmap_set, image_score_set, targets_set, paths_set), "

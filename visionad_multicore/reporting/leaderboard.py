@@ -315,7 +315,7 @@ def load_published(folder: str | os.PathLike[str] = DEFAULT_PUBLISHED_DIR) -> li
     files = sorted(root.glob("*.yaml")) if root.is_dir() else []
     if not files:
         raise FileNotFoundError(
-            f"no published reference files (*.yaml) in {root}; pass --published DIR pointing at "
+            f"no published reference files (*.yaml) in {root}; pass --published-dir pointing at "
             "benchmark_runs/published of a visionad_multicore checkout"
         )
     rows: list[Row] = []

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
-from .leaderboard import PUBLISHED_MARK, Leaderboard, _title
+from .leaderboard import Leaderboard, _title
 from .results import atomic_savefig
 
 
@@ -78,12 +79,15 @@ def plot_leaderboard(board: Leaderboard, path: str | os.PathLike[str], dpi: int 
             for j, r in enumerate(refs):
                 x = len(groups) + g - 0.4 + w * (j + 0.5)
                 ax.bar(x, r.metrics[metric], width=w, color="white", edgecolor="0.3", hatch="//")
-                ax.text(x, floor + 0.01, r.algorithm, rotation=90, ha="center", va="bottom", fontsize=7)
+                ax.text(
+                    x, floor + 0.01, r.algorithm, rotation=90, ha="center", va="bottom", fontsize=7,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+                )  # fmt: skip
                 all_values.append(r.metrics[metric])
         ax.set_ylim(floor, 1.0)
         ax.set_ylabel(_title(metric))
         ax.grid(axis="y", alpha=0.3)
-        labels = groups + [f"{d}\n({PUBLISHED_MARK})" for d in pub_groups]
+        labels = groups + [textwrap.fill(d, 16) + "\n(published,\nnot reproduced)" for d in pub_groups]
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_xlim(-0.6, len(labels) - 0.4)

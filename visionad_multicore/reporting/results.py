@@ -156,6 +156,14 @@ def _load_metrics_pk(path: Path, warnings: list[str]) -> dict[str, dict[str, flo
     return _clean_metrics(raw, path, warnings)
 
 
+def _model_description(data: dict[str, Any], epoch_dir: Path, algorithm: str) -> str:
+    """``data.json``'s model_description, else the tail of VisionAD's ``<algo>_<description>`` folder name."""
+    if "model_description" in data:
+        return str(data["model_description"] or "")
+    folder = epoch_dir.parent.parent.name
+    return folder[len(algorithm) + 1 :] if folder.lower().startswith(algorithm.lower() + "_") else ""
+
+
 def read_epoch_dir(epoch_dir: Path, warnings: list[str]) -> EpochResult | None:
     """Read one ``<epoch>`` folder; return None (after a warning naming the file) when it is malformed.
 
@@ -202,7 +210,7 @@ def read_epoch_dir(epoch_dir: Path, warnings: list[str]) -> EpochResult | None:
     return EpochResult(
         epoch_dir=epoch_dir,
         algorithm=algorithm,
-        model_description=str(data.get("model_description") or ""),
+        model_description=_model_description(data, epoch_dir, algorithm),
         dataset=str(data.get("dataset") or epoch_dir.parent.name),
         epoch=epoch,
         run_time=str(data.get("time") or ""),

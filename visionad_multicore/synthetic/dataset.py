@@ -140,8 +140,14 @@ class SyntheticAnomalySet(Dataset):
     def fingerprint(self) -> str:
         """SHA-256 of everything that determines the items (images, masks, pairing, noise settings, seed)."""
         digest = hashlib.sha256(b"visionad_multicore.SyntheticAnomalySet/1")
-        for array in (self.clean_images.numpy(), self.masks.numpy(), self.mask_index, self.image_index,
-                      self.mean.numpy(), self.std.numpy()):
+        for array in (
+            self.clean_images.numpy(),
+            self.masks.numpy(),
+            self.mask_index,
+            self.image_index,
+            self.mean.numpy(),
+            self.std.numpy(),
+        ):
             digest.update(np.ascontiguousarray(array).tobytes())
             digest.update(str(array.shape).encode())
         digest.update(repr((self.size, self.noise_std, self.per_channel, self.seed)).encode())

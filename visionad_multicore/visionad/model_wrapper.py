@@ -280,25 +280,31 @@ def _keep_complete(
     regular, novel = output_set[f"{prefix}_regular"], output_set[f"{prefix}_novel"]
     kept: dict[str, dict] = {f"{prefix}_regular": {}, f"{prefix}_novel": {}}
     for method in list(regular) + [m for m in novel if m not in regular]:
-        problems = []
+        problems, hints = [], set()
         for split, outputs in (("regular", regular), ("novel", novel)):
             if method not in outputs:
                 problems.append(f"no {what} for the {split} test set")
+                hints.add("a method must be returned for both test sets")
                 continue
             count = outputs[method].shape[0] if len(outputs[method].shape) else 0
             if count != n_required[split]:
                 problems.append(f"{count} {what} for {n_required[split]} {split} test images")
+                hints.add(
+                    "one output per test image is required (a common cause is averaging over a batch "
+                    "instead of scoring each image)"
+                )
             elif spatial is not None and tuple(outputs[method].shape[-2:]) != tuple(spatial):
                 problems.append(
                     f"{split} heatmaps of size {tuple(outputs[method].shape[-2:])}, expected {tuple(spatial)}"
                 )
+                hints.add(f"heatmaps must be {TARGET_SIZE} x {TARGET_SIZE}, the size of the targets")
         if problems:
             logger.warning(
-                "Removing method %r from the %s: %s. One output per test image is required (a common cause "
-                "is averaging over a batch instead of scoring each image); keeping it would give invalid results.",
+                "Removing method %r from the %s: %s. Keeping it would give invalid results: %s.",
                 method,
                 what,
                 "; ".join(problems),
+                "; ".join(sorted(hints)),
             )
             continue
         kept[f"{prefix}_regular"][method] = regular[method]

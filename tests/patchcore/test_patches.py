@@ -1,0 +1,49 @@
+"""Patch grids and feature shapes (fake feature maps, no network)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from visionad_multicore.patchcore.patches import grid_size, patch_features, pool_channels, unfold_patches
+
+
+@pytest.mark.parametrize(("stride", "side"), [(1, 32), (3, 11), (5, 7)])
+@pytest.mark.parametrize("patch_size", [1, 3, 5, 7])
+def test_grid_at_256px(patch_size: int, stride: int, side: int) -> None:
+    # layer2 of a 256 px input is 32 x 32 (stride 8), layer3 16 x 16 (stride 16)
+    maps = [torch.randn(2, 4, 32, 32), torch.randn(2, 6, 16, 16)]
+    feats, grid = patch_features(maps, patch_size, stride, feature_dim=16)
+    assert grid == (side, side)
+    assert grid_size(32, patch_size, stride) == side
+    assert feats.shape == (2 * side * side, 16)
+
+
+def test_unfold_layout_and_zero_padding() -> None:
+    fmap = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
+    cols = unfold_patches(fmap, 3, 1)  # (1, 2*9, 4, 4)
+    assert cols.shape == (1, 18, 4, 4)
+    # centre element of channel c at grid (i, j) is the map value there
+    assert torch.equal(cols[0, 4], fmap[0, 0])
+    assert torch.equal(cols[0, 9 + 4], fmap[0, 1])
+    # top-left neighbour of location (0, 0) is zero padding
+    assert cols[0, 0, 0, 0] == 0
+    assert cols[0, 0, 1, 1] == fmap[0, 0, 0, 0]
+
+
+def test_pool_channels_is_adaptive_average() -> None:
+    x = torch.arange(8, dtype=torch.float32).reshape(1, 8, 1, 1)
+    assert torch.equal(pool_channels(x, 4).flatten(), torch.tensor([0.5, 2.5, 4.5, 6.5]))
+
+
+def test_features_match_spec_order() -> None:
+    """Resize-then-pool (SPEC order) equals the implemented pool-then-resize up to rounding."""
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.randn(1, 5, 8, 8, generator=gen), torch.randn(1, 7, 4, 4, generator=gen)]
+    feats, grid = patch_features(maps, 3, 1, feature_dim=32)
+    f2 = unfold_patches(maps[0], 3, 1)
+    f3 = torch.nn.functional.interpolate(unfold_patches(maps[1], 3, 1), size=grid, mode="bilinear")
+    a, b = pool_channels(f2, 32), pool_channels(f3, 32)  # (1, 32, 8, 8)
+    stacked = torch.stack([a, b], 1).permute(0, 3, 4, 1, 2).reshape(-1, 1, 64)
+    ref = torch.nn.functional.adaptive_avg_pool1d(stacked, 32).squeeze(1)
+    torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-5)

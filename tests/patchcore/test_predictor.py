@@ -1,0 +1,109 @@
+"""PatchCorePlus estimator: smoothing, fit/predict on the tiny fixture, errors, save/load, re-weighting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from visionad_multicore.patchcore.backbone import IMAGENET_MEAN, IMAGENET_STD
+from visionad_multicore.patchcore.predictor import PatchCorePlus, Prediction, gaussian_smooth
+
+SIZE = 64
+
+
+def _load(folder: Path) -> torch.Tensor:
+    """(N, 3, 64, 64) ImageNet-normalised images of a folder, sorted by name."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    imgs = [
+        torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1).float() / 255
+        for p in sorted(folder.glob("*.png"))
+    ]
+    return (torch.stack(imgs) - mean) / std
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_mvtec: Path) -> tuple[PatchCorePlus, torch.Tensor, torch.Tensor]:
+    train = _load(tiny_mvtec / "train/good")
+    test = torch.cat([_load(tiny_mvtec / "test/good"), _load(tiny_mvtec / "test/defect")])
+    model = PatchCorePlus(coreset_size=200, progress=False).fit(train.split(4))
+    return model, test, train
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 40), (1, 64, 48), (1, 10, 12)])
+def test_smoothing_matches_scipy(shape: tuple[int, int, int]) -> None:
+    maps = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    ours = gaussian_smooth(maps, 4.0)
+    ref = np.stack([ndimage.gaussian_filter(m, sigma=4) for m in maps.numpy()])
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_predict_shapes_and_detection(fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor]) -> None:
+    model, test, _ = fitted
+    assert model.memory_bank_.shape == (200, 1024)
+    assert model.n_patches_seen_ == 8 * 8 * 8  # 64 px -> 8 x 8 patch grid at stride 1
+    pred = model.predict(test.split(3))
+    assert isinstance(pred, Prediction)
+    assert pred.heatmaps.shape == (8, SIZE, SIZE)
+    assert pred.heatmaps.dtype == torch.float32
+    assert pred.scores.shape == (8,) and pred.scores_reweighted.shape == (8,)
+    assert torch.allclose(pred.scores, pred.heatmaps.flatten(1).amax(1))
+    # the bright square defects score above every good image
+    assert pred.scores[4:].min() > pred.scores[:4].max()
+    assert bool(((pred.scores_reweighted >= 0) & (pred.scores_reweighted <= pred.heatmaps.flatten(1).amax(1) * 10)).all())
+
+
+def test_small_bank_kept_whole(fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor]) -> None:
+    _, _, train = fitted
+    model = PatchCorePlus(coreset_size=10_000, progress=False).fit([train])
+    assert model.memory_bank_.shape[0] == 512
+    assert len(set(model.coreset_indices_.tolist())) == 512
+
+
+def test_training_image_scores_near_zero(fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor]) -> None:
+    _, _, train = fitted
+    model = PatchCorePlus(coreset_size=10_000, sigma=0, progress=False).fit([train])
+    assert model.predict([train[:2]]).scores.max() < 1e-3  # every patch is in the bank
+
+
+def test_not_fitted_error() -> None:
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PatchCorePlus().predict([torch.zeros(1, 3, 32, 32)])
+
+
+def test_parameter_validation() -> None:
+    with pytest.raises(ValueError, match="known distances: euclidean, cosine, minkowski3, manhattan"):
+        PatchCorePlus(distance="l2")
+    with pytest.raises(ValueError, match="stride"):
+        PatchCorePlus(stride=0)
+    with pytest.raises(ValueError, match="knn"):
+        PatchCorePlus(knn_backend="annoy")
+
+
+def test_save_load_bit_identical(fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor], tmp_path: Path) -> None:
+    model, test, _ = fitted
+    before = model.predict([test])
+    model.save(tmp_path / "pc.pt")
+    loaded = PatchCorePlus.load(tmp_path / "pc.pt")
+    after = loaded.predict([test])
+    assert torch.equal(before.heatmaps, after.heatmaps)
+    assert torch.equal(before.scores, after.scores)
+    assert torch.equal(before.scores_reweighted, after.scores_reweighted)
+    with pytest.raises(ValueError, match="different parameters"):
+        PatchCorePlus(patch_size=5).load_state_dict(model.state_dict())
+
+
+def test_shared_backbone_api(fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor]) -> None:
+    model, test, train = fitted
+    other = PatchCorePlus(patch_size=1, stride=3, distance="minkowski3", coreset_size=20, progress=False)
+    maps = model.extractor(train)
+    other.fit_features([maps])
+    assert other.memory_bank_.shape == (20, 1024)
+    pred = other.predict_features(model.extractor(test), (SIZE, SIZE))
+    assert pred.heatmaps.shape == (8, SIZE, SIZE)
+    torch.testing.assert_close(pred.scores, other.predict([test]).scores)

@@ -1,0 +1,147 @@
+"""``patchcore_plus``: one Patchcore+ predictor (SPEC section 3) as a VisionAD algorithm.
+
+The memory bank is built in ``pre_eval_processing`` from the clean training loader; ``eval_outputs_dataloader``
+returns two methods: ``patchcore_plus`` (image score = heatmap maximum) and ``patchcore_plus_reweighted``
+(PatchCore's re-weighted image score, same heatmaps).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visionad_multicore.patchcore.backbone import IMAGENET_MEAN, IMAGENET_STD
+from visionad_multicore.patchcore.predictor import PatchCorePlus, Prediction
+from visionad_multicore.visionad.model_wrapper import ModelWrapper
+
+logger = logging.getLogger(__name__)
+
+METHOD = "patchcore_plus"
+METHOD_REWEIGHTED = "patchcore_plus_reweighted"
+STATE_FILE = "patchcore_plus.pt"
+
+
+class WrapperPatchCorePlus(ModelWrapper):
+    """VisionAD wrapper of :class:`~visionad_multicore.patchcore.predictor.PatchCorePlus`.
+
+    Args:
+        patch_size, stride, distance, coreset_size, k, backbone, backbone_weights, feature_dim, projection_dim,
+        knn_backend, sigma, seed: as :class:`PatchCorePlus`.
+        input_mean, input_std: normalisation of the loader's images; ``None`` takes the training dataset's
+            ``.mean`` / ``.std`` when it has them, else ImageNet's.
+        device: torch device of backbone and search.
+        wandb: accepted for the VisionAD contract; unused.
+        progress: tqdm bars.
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 3,
+        stride: int = 1,
+        distance: str = "euclidean",
+        coreset_size: int = 25_000,
+        k: int = 1,
+        backbone: str = "efficientnet_lite0",
+        backbone_weights: str | None = None,
+        feature_dim: int = 1024,
+        projection_dim: int = 128,
+        knn_backend: str = "auto",
+        sigma: float = 4.0,
+        seed: int = 0,
+        input_mean: Sequence[float] | None = None,
+        input_std: Sequence[float] | None = None,
+        device: str = "cpu",
+        wandb: bool = False,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.params = {
+            "patch_size": patch_size,
+            "stride": stride,
+            "distance": distance,
+            "coreset_size": coreset_size,
+            "k": k,
+            "backbone": backbone,
+            "backbone_weights": backbone_weights,
+            "feature_dim": feature_dim,
+            "projection_dim": projection_dim,
+            "knn_backend": knn_backend,
+            "sigma": sigma,
+            "seed": seed,
+            "input_mean": list(input_mean) if input_mean is not None else None,
+            "input_std": list(input_std) if input_std is not None else None,
+            "device": str(device),
+            "wandb": bool(wandb),
+            "progress": bool(progress),
+        }
+        # validate now (unknown distance, bad sizes), before any data is seen
+        self.predictor = self._make_predictor(input_mean or IMAGENET_MEAN, input_std or IMAGENET_STD)
+
+    def _make_predictor(self, mean: Sequence[float], std: Sequence[float]) -> PatchCorePlus:
+        p = {k: v for k, v in self.params.items() if k not in ("wandb", "input_mean", "input_std")}
+        return PatchCorePlus(**p, input_mean=mean, input_std=std)
+
+    def _loader_stats(self) -> tuple[Sequence[float], Sequence[float]]:
+        if self.params["input_mean"] is not None and self.params["input_std"] is not None:
+            return self.params["input_mean"], self.params["input_std"]
+        dataset = getattr(self.dataloader_train, "dataset", None)
+        mean = getattr(dataset, "mean", None) or IMAGENET_MEAN
+        std = getattr(dataset, "std", None) or IMAGENET_STD
+        return list(mean), list(std)
+
+    def train_one_epoch(self) -> None:
+        """Nothing to train: the memory bank is built once, in :meth:`pre_eval_processing`."""
+
+    def pre_eval_processing(self) -> None:
+        """Build the memory bank from the (clean) training loader, once."""
+        if self.predictor.is_fitted():
+            return
+        dataset = getattr(self.dataloader_train, "dataset", None)
+        if getattr(dataset, "pre_normalisation_transform", None) is not None:
+            raise RuntimeError(
+                "the training loader has a pre_normalisation_transform hook attached: the memory bank must be "
+                "built from clean training images; remove the hook (dataset.pre_normalisation_transform = None)"
+            )
+        mean, std = self._loader_stats()
+        self.predictor = self._make_predictor(mean, std)
+        self.predictor.fit(images for images, _paths, _info in self.dataloader_train)
+
+    def eval_outputs_dataloader(self, dataloader: Iterator, len_dataloader: int) -> tuple[dict, dict]:
+        """Heatmaps and scores of every image the generator yields.
+
+        Returns:
+            ``({method: (N, H, W) float32}, {method: (N,) float32})`` for ``patchcore_plus`` and
+            ``patchcore_plus_reweighted``.
+        """
+        if not self.predictor.is_fitted():
+            raise RuntimeError("patchcore_plus is not fitted: call pre_eval_processing() or load_model() first")
+        pred: Prediction = self.predictor.predict(images for images, _info in dataloader)
+        return (
+            {METHOD: pred.heatmaps, METHOD_REWEIGHTED: pred.heatmaps},
+            {METHOD: pred.scores, METHOD_REWEIGHTED: pred.scores_reweighted},
+        )
+
+    def save_model(self, location: str | os.PathLike[str]) -> None:
+        """Write ``model_params.json`` and the fitted memory bank (with the resolved config) to ``location``."""
+        if not self.predictor.is_fitted():
+            if not hasattr(self, "dataloader_train"):
+                raise RuntimeError("nothing to save: patchcore_plus is not fitted and has no training loader")
+            self.pre_eval_processing()
+        self.save_params(location)
+        self.predictor.save(Path(location) / STATE_FILE)
+
+    def load_model(self, location: str | os.PathLike[str], **kwargs: Any) -> None:
+        """Restore a model saved by :meth:`save_model`; works on a fresh instance without loaders."""
+        params = self.load_params(location)
+        if "device" in kwargs:
+            params["device"] = str(kwargs["device"])
+        self.__init__(**params)  # type: ignore[misc]
+        state = torch.load(Path(location) / STATE_FILE, map_location="cpu", weights_only=True)
+        saved = state["params"]
+        self.predictor = self._make_predictor(saved["input_mean"], saved["input_std"])
+        self.predictor.load_state_dict(state)
