@@ -30,7 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from visionad_multicore.algorithms.multicore import WrapperMultiCore
+from visionad_multicore.ensemble import MultiCore
 from visionad_multicore.visionad.datasets import load_dataset
 from visionad_multicore.visionad.loaders import create_dataloaders, default_identical_transforms
 from visionad_multicore.visionad.metrics import run_metrics
@@ -49,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image_size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=8, help="HFM epochs")
-    p.add_argument("--coreset_size", type=int, default=2000)
+    p.add_argument("--coreset_size", type=int, default=1000)
+    p.add_argument("--feature_dim", type=int, default=256, help="pooled patch-feature dimension (SPEC: 1024)")
     p.add_argument("--synthetic_size", type=int, default=160)
     p.add_argument("--masks_per_bucket", type=int, default=60, help="SSA K (paper: 60)")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -62,6 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hfm_batch_size", type=int, default=8)
     p.add_argument("--validation_fraction", type=float, default=0.2)
     p.add_argument("--train_limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--test_skip", type=int, default=1, help="keep every k-th test image (both test splits)")
+    p.add_argument(
+        "--subsets",
+        nargs="*",
+        default=[],
+        help="NAME:N, e.g. mc2:2 -- also train an HFM for the first N members (sharing banks, statistics and "
+        "synthetic cache) and evaluate it from the same test pass",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--out", type=Path, default=None, help="JSON record to write")
@@ -78,6 +90,9 @@ def loaders_for(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     dataset = load_dataset(args.dataset, data_root=args.data_root)
     if args.train_limit:
         dataset["regular_train_end"] = args.train_limit
+    if args.test_skip > 1:
+        dataset["skip_test_regular"] = args.test_skip
+        dataset["skip_test_novel"] = args.test_skip
     return create_dataloaders(
         None,
         None,
@@ -89,13 +104,60 @@ def loaders_for(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     )
 
 
-def evaluate(algo: WrapperMultiCore) -> tuple[dict[str, dict[str, float]], float]:
-    """VisionAD's test() + metrics; returns ({metric: {method: value}}, evaluation seconds)."""
+def evaluate(algo: WrapperMultiCore) -> tuple[dict[str, dict[str, float]], float, tuple]:
+    """VisionAD's test() + metrics; returns ({metric: {method: value}}, evaluation seconds, test() outputs)."""
     start = time.perf_counter()
-    heatmap_set, score_set, targets_set, paths_set = algo.test()
+    outputs = algo.test()
     seconds = time.perf_counter() - start
-    results = run_metrics(METRICS, heatmap_set, score_set, targets_set, paths_set, progress=False)
-    return {m: dict(r["metric_results"]) for m, r in results.items()}, seconds
+    results = run_metrics(METRICS, *outputs, progress=False)
+    return {m: dict(r["metric_results"]) for m, r in results.items()}, seconds, outputs
+
+
+def evaluate_subset(sub: MultiCore, outputs: tuple) -> dict[str, dict[str, float]]:
+    """Metrics of a sub-ensemble from the member maps of the full ensemble's test() outputs (no new test pass)."""
+    heatmap_set, score_set, targets_set, paths_set = outputs
+    new_heatmaps: dict[str, dict[str, torch.Tensor]] = {}
+    new_scores: dict[str, dict[str, torch.Tensor]] = {}
+    for split in ("regular", "novel"):
+        maps = heatmap_set[f"heatmap_set_{split}"]
+        scores = score_set[f"image_score_set_{split}"]
+        raw = torch.stack(
+            [torch.as_tensor(maps[k]).flatten(0, -3) for k in sub.member_keys], dim=1
+        )  # (N, M, H, W)
+        parts = [
+            sub.fuse(
+                raw[i : i + 8], [torch.as_tensor(scores[k])[i : i + 8] for k in sub.member_keys]
+            ).methods()
+            for i in range(0, raw.shape[0], 8)
+        ]
+        new_heatmaps[f"heatmap_set_{split}"] = {
+            m: torch.cat([p[0][m] for p in parts])[:, None] for m in parts[0][0]
+        }
+        new_scores[f"image_score_set_{split}"] = {m: torch.cat([p[1][m] for p in parts]) for m in parts[0][1]}
+    results = run_metrics(METRICS, new_heatmaps, new_scores, targets_set, paths_set, progress=False)
+    return {m: dict(r["metric_results"]) for m, r in results.items()}
+
+
+def history_of(model: MultiCore) -> list[dict[str, Any]]:
+    return [
+        {
+            "epoch": r.epoch,
+            "train_loss": r.train_loss,
+            "val_loss": r.validation.loss if r.validation else None,
+            "val_pauc": r.validation.pixel_auroc if r.validation else None,
+            "val_pauc_ensemble_mean": r.validation.pixel_auroc_mean if r.validation else None,
+            "is_best": r.is_best,
+        }
+        for r in model.history
+    ]
+
+
+def print_history(history: list[dict[str, Any]]) -> None:
+    for h in history:
+        print(
+            f"HFM epoch {h['epoch']}: train {h['train_loss']:.4f} val loss {h['val_loss']:.4f} val P-AUC "
+            f"{h['val_pauc']:.4f} (ensemble mean {h['val_pauc_ensemble_mean']:.4f}){' *' if h['is_best'] else ''}"
+        )
 
 
 def table(metrics: dict[str, dict[str, float]]) -> str:
@@ -117,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         algo = WrapperMultiCore()
         algo.load_model(args._evaluate_saved)
         algo.enter_dataloaders(*loaders)
-        metrics, _ = evaluate(algo)
+        metrics, _, _ = evaluate(algo)
         print("RELOADED_METRICS " + json.dumps(metrics))
         return 0
 
@@ -125,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         preset=args.preset,
         backbone=args.backbone,
         coreset_size=args.coreset_size,
+        feature_dim=args.feature_dim,
         synthetic_size=args.synthetic_size,
         ssa={"masks_per_bucket": args.masks_per_bucket},
         lr=args.lr,
@@ -151,20 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     algo.pre_eval_processing()
     pre_eval = time.perf_counter() - start
-    metrics, eval_seconds = evaluate(algo)
+    metrics, eval_seconds, outputs = evaluate(algo)
     total = time.perf_counter() - t0
-
-    history = [
-        {
-            "epoch": r.epoch,
-            "train_loss": r.train_loss,
-            "val_loss": r.validation.loss if r.validation else None,
-            "val_pauc": r.validation.pixel_auroc if r.validation else None,
-            "val_pauc_ensemble_mean": r.validation.pixel_auroc_mean if r.validation else None,
-            "is_best": r.is_best,
-        }
-        for r in algo.model.history
-    ]
+    history = history_of(algo.model)
     record: dict[str, Any] = {
         "command": " ".join([sys.executable, *sys.argv]),
         "dataset": args.dataset,
@@ -183,19 +235,42 @@ def main(argv: list[str] | None = None) -> int:
         },
         "hfm_history": history,
         "metrics": metrics,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
+        "subsets": {},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "loadavg_at_end": os.getloadavg(),
+        },
     }
-
+    print(f"== {args.preset} on {args.dataset}")
     print(table(metrics))
     print(
-        f"end to end {total:.0f} s (first epoch with preparation {record['seconds']['first_epoch_incl_preparation']:.0f} s, "
+        f"end to end {total:.0f} s (first epoch with preparation {epoch_times[0] if epoch_times else 0:.0f} s, "
         f"evaluation {eval_seconds:.0f} s); load average {os.getloadavg()}"
     )
-    for h in history:
-        print(
-            f"HFM epoch {h['epoch']}: train {h['train_loss']:.4f} val loss {h['val_loss']:.4f} "
-            f"val P-AUC {h['val_pauc']:.4f} (ensemble mean {h['val_pauc_ensemble_mean']:.4f}){' *' if h['is_best'] else ''}"
-        )
+    print_history(history)
+
+    # sub-ensembles (e.g. MC2 inside MC4): their own HFM, trained before their outputs are computed from the
+    # member maps of the test pass above (the HFM never sees those maps while training)
+    for spec in args.subsets:
+        name, n = spec.split(":")
+        start = time.perf_counter()
+        sub = algo.model.subset(int(n), name)
+        for _ in range(args.epochs):
+            sub.train_epoch()
+        sub.finalize()
+        seconds = time.perf_counter() - start
+        sub_metrics = evaluate_subset(sub, outputs)
+        record["subsets"][name] = {
+            "members": sub.member_keys,
+            "hfm_training_seconds": seconds,
+            "hfm_best_epoch": sub.hfm_best_epoch_,
+            "hfm_history": history_of(sub),
+            "metrics": sub_metrics,
+        }
+        print(f"== {name} (first {n} members, own HFM) on {args.dataset}")
+        print(table(sub_metrics))
+        print_history(record["subsets"][name]["hfm_history"])
 
     if args.check_reload:
         with tempfile.TemporaryDirectory() as tmp:
@@ -208,11 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.dataset,
                 "--image_size",
                 str(args.image_size),
-                "--batch_size",
-                str(args.batch_size),
-                "--_evaluate_saved",
-                str(location),
             ]
+            child += ["--batch_size", str(args.batch_size), "--test_skip", str(args.test_skip)]
+            child += ["--_evaluate_saved", str(location)]
             if args.data_root:
                 child += ["--data_root", args.data_root]
             if args.train_limit:

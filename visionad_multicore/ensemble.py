@@ -193,6 +193,8 @@ class MultiCore:
         backbone_weights: Optional path to backbone weights (see ``patchcore.backbone.build_backbone``).
         coreset_size: Memory-bank size of every member (a fixed number, not a fraction).
         k: Nearest neighbours averaged in each member's patch score.
+        feature_dim: Dimension of the pooled patch features (SPEC: 1024; lower it on a CPU, where the
+            k-NN search of a ``minkowski3`` member costs ``patches x bank x feature_dim`` element operations).
         bank_share: Share of the training images in the memory banks; the rest makes the synthetic set.
         ssa: Synthetic-anomaly settings; its ``size`` is replaced by the image size at :meth:`prepare`.
         hfm: Fusion-module settings (``synthetic_size``, UNet, optimiser, validation split).
@@ -210,6 +212,7 @@ class MultiCore:
         backbone_weights: str | None = None,
         coreset_size: int = 25_000,
         k: int = 1,
+        feature_dim: int = 1024,
         bank_share: float = 0.8,
         ssa: SSAConfig | None = None,
         hfm: HFMTrainConfig | None = None,
@@ -230,6 +233,7 @@ class MultiCore:
         self.backbone_weights = backbone_weights
         self.coreset_size = int(coreset_size)
         self.k = int(k)
+        self.feature_dim = int(feature_dim)
         self.bank_share = float(bank_share)
         self.ssa = ssa or SSAConfig()
         self.hfm = hfm or HFMTrainConfig()
@@ -273,6 +277,7 @@ class MultiCore:
             "backbone_weights": self.backbone_weights,
             "coreset_size": self.coreset_size,
             "k": self.k,
+            "feature_dim": self.feature_dim,
             "bank_share": self.bank_share,
             "ssa": dataclasses.asdict(self.ssa),
             "hfm": self.hfm.to_dict(),
@@ -298,6 +303,8 @@ class MultiCore:
             coreset_size=self.coreset_size,
             k=self.k,
             backbone=self.backbone,
+            backbone_weights=self.backbone_weights,
+            feature_dim=self.feature_dim,
             seed=self.seed + index,
             device=self.device,
             progress=self.progress,
@@ -327,8 +334,11 @@ class MultiCore:
         return list(self._extractor()(images.to(self.device, dtype=torch.float32)))
 
     @torch.no_grad()
-    def _member_maps(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Every member's heatmaps from one backbone pass.
+    def member_maps(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Every member's own (unnormalised) heatmaps from one shared backbone pass.
+
+        Args:
+            images: ``(B, 3, H, W)`` normalised like the training images.
 
         Returns:
             ``(maps (B, M, H, W) float32 on CPU, [scores (B,) per member])``.
@@ -390,7 +400,7 @@ class MultiCore:
         fusion_images = train_images[self.fusion_idx_]
         clean = torch.cat(
             [
-                self._member_maps(fusion_images[s : s + self.batch_size])[0]
+                self.member_maps(fusion_images[s : s + self.batch_size])[0]
                 for s in self._batches(len(fusion_images), "Clean fusion maps")
             ]
         )  # (F, M, H, W)
@@ -437,7 +447,7 @@ class MultiCore:
         for s in self._batches(len(synthetic), "Synthetic maps"):
             idx = list(range(s, min(s + self.batch_size, len(synthetic))))
             images, masks = synthetic.tensors(idx)  # (b, 3, H, W), (b, 1, H, W)
-            normalised = self._normalise(self._member_maps(images)[0])  # (b, M, H, W)
+            normalised = self._normalise(self.member_maps(images)[0])  # (b, M, H, W)
             if labels is not None:
                 labels[s : s + len(idx)] = masks > 0.5
                 normalised = F.interpolate(normalised, size=work, mode="area")
@@ -498,7 +508,7 @@ class MultiCore:
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict(self, images: Tensor) -> MultiCoreOutput:
-        """Score images.
+        """Score images: one backbone pass, every member, normalisation, mean and HFM.
 
         Args:
             images: ``(B, 3, H, W)`` normalised like the training images.
@@ -506,12 +516,32 @@ class MultiCore:
         Returns:
             :class:`MultiCoreOutput` with ``(B, H, W)`` maps and ``(B,)`` scores on the CPU (float32).
         """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"MultiCore.predict: expected images (B, 3, H, W), got {tuple(images.shape)}")
+        if self.stats_mean_ is None:
+            raise RuntimeError("MultiCore is not fitted: call prepare() or load_state_dict() first")
+        return self.fuse(*self.member_maps(images))
+
+    @torch.no_grad()
+    def fuse(self, raw: Tensor, member_scores: Sequence[Tensor]) -> MultiCoreOutput:
+        """Ensemble outputs from the members' own maps (what :meth:`predict` does after :meth:`member_maps`).
+
+        Args:
+            raw: Members' unnormalised heatmaps ``(B, M, H, W)``, in member order.
+            member_scores: Each member's image scores ``(B,)``.
+
+        Returns:
+            :class:`MultiCoreOutput`.
+        """
         self.finalize()
         if self.fusion_ is None or self.stats_mean_ is None:
             raise RuntimeError("MultiCore is not fitted: call prepare() or load_state_dict() first")
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"MultiCore.predict: expected images (B, 3, H, W), got {tuple(images.shape)}")
-        raw, member_scores = self._member_maps(images)  # (B, M, H, W)
+        if raw.ndim != 4 or raw.shape[1] != len(self.members) or len(member_scores) != len(self.members):
+            raise ValueError(
+                f"MultiCore.fuse: expected ({len(self.members)} members) maps (B, {len(self.members)}, H, W) and "
+                f"{len(self.members)} score vectors, got {tuple(raw.shape)} and {len(member_scores)}"
+            )
+        raw = raw.float().cpu()
         normalised = self._normalise(raw)
         self.fusion_.eval()
         fused = self.fusion_(normalised.to(self.device)).float().cpu()[:, 0]  # (B, H, W)
@@ -522,8 +552,50 @@ class MultiCore:
             mean=mean,
             mean_scores=mean.amax(dim=(1, 2)),
             member_heatmaps={key: raw[:, i] for i, key in enumerate(self.member_keys)},
-            member_scores=dict(zip(self.member_keys, member_scores)),
+            member_scores={
+                key: torch.as_tensor(v).float().cpu() for key, v in zip(self.member_keys, member_scores)
+            },
         )
+
+    def subset(self, n_members: int, name: str | None = None) -> MultiCore:
+        """A prepared ensemble of the first ``n_members`` members that reuses this one's work.
+
+        The fitted banks, the normalisation statistics, the synthetic cache (its first ``n_members`` channels)
+        and its train / validation split are shared; the HFM is new and untrained. Because members are
+        seeded by position, ``MultiCore("mc4").prepare(x).subset(2)`` has exactly the banks, statistics and
+        cache that ``MultiCore("mc2").prepare(x)`` would build; only the HFM differs if trained differently.
+
+        Args:
+            n_members: Number of leading members kept (1 .. M).
+            name: Name of the new preset (default ``<name>_first<n>``).
+        """
+        if not self.is_prepared or self._cache is None:
+            raise RuntimeError("MultiCore.subset: call prepare() first")
+        if not 1 <= n_members <= len(self.members):
+            raise ValueError(
+                f"MultiCore.subset: n_members must be in 1..{len(self.members)}, got {n_members}"
+            )
+        preset = Preset(name or f"{self.preset.name}_first{n_members}", self.preset.predictors[:n_members])
+        params = MultiCore.params_from_dict(self.get_params())
+        params["preset"] = preset
+        other = MultiCore(**params, progress=self.progress)
+        other.members = self.members[:n_members]
+        other._feature_extractor, other._feature_stats = self._feature_extractor, self._feature_stats
+        other.input_mean_, other.input_std_, other.image_size_ = (
+            self.input_mean_,
+            self.input_std_,
+            self.image_size_,
+        )
+        other.bank_idx_, other.fusion_idx_ = self.bank_idx_, self.fusion_idx_
+        assert self.stats_mean_ is not None and self.stats_std_ is not None
+        other.stats_mean_ = self.stats_mean_[:n_members].clone()
+        other.stats_std_ = self.stats_std_[:n_members].clone()
+        other._cache = (self._cache[0][:, :n_members], self._cache[1])
+        other._labels, other._train_idx, other._val_idx = self._labels, self._train_idx, self._val_idx
+        other._trainer = HFMTrainer(n_members, self.hfm, self.device)
+        other.fusion_ = other._trainer.best_model()
+        other._fusion_stale = False
+        return other
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

@@ -166,9 +166,15 @@ def fingerprint(source: ImageSource) -> str:
 
 
 def cache_key(spec: PredictorSpec, settings: ScoringSettings, data_fingerprint: str) -> str:
-    """Hash of everything that determines one candidate's normalised synthetic heatmaps."""
+    """Hash of everything that determines one candidate's normalised synthetic heatmaps.
+
+    The package version is part of the key, so a new release never reuses maps of an older predictor.
+    """
+    from visionad_multicore import __version__
+
     payload = {
         "format": CACHE_FORMAT,
+        "version": __version__,
         "predictor": spec.to_dict(),
         "settings": settings.cache_fields(),
         "data": data_fingerprint,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visionad_multicore.patchcore.patches import grid_size, patch_features, pool_channels, unfold_patches
+from visionad_multicore.patchcore.patches import (
+    adaptive_pool_matrix,
+    grid_size,
+    patch_features,
+    patch_features_reference,
+    pool_channels,
+    unfold_patches,
+)
 
 
 @pytest.mark.parametrize(("stride", "side"), [(1, 32), (3, 11), (5, 7)])
@@ -36,14 +43,37 @@ def test_pool_channels_is_adaptive_average() -> None:
     assert torch.equal(pool_channels(x, 4).flatten(), torch.tensor([0.5, 2.5, 4.5, 6.5]))
 
 
-def test_features_match_spec_order() -> None:
-    """Resize-then-pool (SPEC order) equals the implemented pool-then-resize up to rounding."""
+@pytest.mark.parametrize(("patch_size", "stride"), [(1, 1), (3, 1), (3, 3), (7, 3), (3, 5), (4, 2)])
+def test_conv_pipeline_equals_spec_pipeline(patch_size: int, stride: int) -> None:
+    """The two-convolution computation equals unfold -> resize -> pool -> stack -> pool (SPEC section 3)."""
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, 5, 12, 12, generator=gen), torch.randn(2, 7, 6, 6, generator=gen)]
+    feats, grid = patch_features(maps, patch_size, stride, feature_dim=64)
+    ref, ref_grid = patch_features_reference(maps, patch_size, stride, feature_dim=64)
+    assert grid == ref_grid
+    torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_features_literal_spec_order() -> None:
+    """The reference itself: resize the layer3 patch grid, pool each layer to F, stack, pool to F."""
     gen = torch.Generator().manual_seed(0)
     maps = [torch.randn(1, 5, 8, 8, generator=gen), torch.randn(1, 7, 4, 4, generator=gen)]
-    feats, grid = patch_features(maps, 3, 1, feature_dim=32)
+    feats, grid = patch_features_reference(maps, 3, 1, feature_dim=32)
     f2 = unfold_patches(maps[0], 3, 1)
     f3 = torch.nn.functional.interpolate(unfold_patches(maps[1], 3, 1), size=grid, mode="bilinear")
     a, b = pool_channels(f2, 32), pool_channels(f3, 32)  # (1, 32, 8, 8)
     stacked = torch.stack([a, b], 1).permute(0, 3, 4, 1, 2).reshape(-1, 1, 64)
     ref = torch.nn.functional.adaptive_avg_pool1d(stacked, 32).squeeze(1)
-    torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(feats, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("d_in", "d_out"), [(360, 1024), (4608, 1024), (7, 3), (10, 10)])
+def test_pool_matrix_matches_adaptive_pooling(d_in: int, d_out: int) -> None:
+    x = torch.randn(3, d_in, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = torch.nn.functional.adaptive_avg_pool1d(x.unsqueeze(1), d_out).squeeze(1)
+    torch.testing.assert_close(x @ adaptive_pool_matrix(d_in, d_out), ref)
+
+
+def test_odd_feature_dim_rejected() -> None:
+    with pytest.raises(ValueError, match="even"):
+        patch_features([torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 2, 2)], feature_dim=15)

@@ -81,7 +81,7 @@ def test_parameter_validation() -> None:
         PatchCorePlus(distance="l2")
     with pytest.raises(ValueError, match="stride"):
         PatchCorePlus(stride=0)
-    with pytest.raises(ValueError, match="knn"):
+    with pytest.raises(ValueError, match="known backends: auto, faiss, torch"):
         PatchCorePlus(knn_backend="annoy")
 
 

@@ -60,6 +60,7 @@ class WrapperMultiCore(ModelWrapper):
         backbone_weights: Optional backbone weights file.
         coreset_size: Memory-bank size of every member (fixed number).
         k: Nearest neighbours per patch score.
+        feature_dim: Pooled patch-feature dimension (SPEC: 1024; lower is faster on a CPU).
         bank_share: Share of training images in the memory banks (the rest makes the synthetic set).
         synthetic_size: Number of synthetic images for the HFM (paper: 4000).
         ssa: Overrides of :class:`~visionad_multicore.synthetic.masks.SSAConfig` (e.g. ``masks_per_bucket``,
@@ -87,6 +88,7 @@ class WrapperMultiCore(ModelWrapper):
         backbone_weights: str | None = None,
         coreset_size: int = 25_000,
         k: int = 1,
+        feature_dim: int = 1024,
         bank_share: float = 0.8,
         synthetic_size: int = 4000,
         ssa: Mapping[str, Any] | None = None,
@@ -144,6 +146,7 @@ class WrapperMultiCore(ModelWrapper):
             "backbone_weights": backbone_weights,
             "coreset_size": int(coreset_size),
             "k": int(k),
+            "feature_dim": int(feature_dim),
             "bank_share": float(bank_share),
             "synthetic_size": int(synthetic_size),
             "ssa": ssa_overrides,
@@ -176,6 +179,7 @@ class WrapperMultiCore(ModelWrapper):
             backbone_weights=backbone_weights,
             coreset_size=coreset_size,
             k=k,
+            feature_dim=feature_dim,
             bank_share=bank_share,
             ssa=ssa_config,
             hfm=hfm,

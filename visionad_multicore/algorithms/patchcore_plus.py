@@ -32,6 +32,8 @@ class WrapperPatchCorePlus(ModelWrapper):
     Args:
         patch_size, stride, distance, coreset_size, k, backbone, backbone_weights, feature_dim, projection_dim,
         knn_backend, sigma, seed: as :class:`PatchCorePlus`.
+        heatmap_size: side of the square heatmaps returned (VisionAD scores 256 x 256 maps); ``None`` keeps
+            the input size.
         input_mean, input_std: normalisation of the loader's images; ``None`` takes the training dataset's
             ``.mean`` / ``.std`` when it has them, else ImageNet's.
         device: torch device of backbone and search.
@@ -53,6 +55,7 @@ class WrapperPatchCorePlus(ModelWrapper):
         knn_backend: str = "auto",
         sigma: float = 4.0,
         seed: int = 0,
+        heatmap_size: int | None = 256,
         input_mean: Sequence[float] | None = None,
         input_std: Sequence[float] | None = None,
         device: str = "cpu",
@@ -73,6 +76,7 @@ class WrapperPatchCorePlus(ModelWrapper):
             "knn_backend": knn_backend,
             "sigma": sigma,
             "seed": seed,
+            "heatmap_size": heatmap_size,
             "input_mean": list(input_mean) if input_mean is not None else None,
             "input_std": list(input_std) if input_std is not None else None,
             "device": str(device),
@@ -83,7 +87,7 @@ class WrapperPatchCorePlus(ModelWrapper):
         self.predictor = self._make_predictor(input_mean or IMAGENET_MEAN, input_std or IMAGENET_STD)
 
     def _make_predictor(self, mean: Sequence[float], std: Sequence[float]) -> PatchCorePlus:
-        p = {k: v for k, v in self.params.items() if k not in ("wandb", "input_mean", "input_std")}
+        p = {k: v for k, v in self.params.items() if k not in ("wandb", "input_mean", "input_std", "heatmap_size")}
         return PatchCorePlus(**p, input_mean=mean, input_std=std)
 
     def _loader_stats(self) -> tuple[Sequence[float], Sequence[float]]:
@@ -115,12 +119,14 @@ class WrapperPatchCorePlus(ModelWrapper):
         """Heatmaps and scores of every image the generator yields.
 
         Returns:
-            ``({method: (N, H, W) float32}, {method: (N,) float32})`` for ``patchcore_plus`` and
+            ``({method: (N, heatmap_size, heatmap_size) float32}, {method: (N,) float32})`` for ``patchcore_plus`` and
             ``patchcore_plus_reweighted``.
         """
         if not self.predictor.is_fitted():
             raise RuntimeError("patchcore_plus is not fitted: call pre_eval_processing() or load_model() first")
-        pred: Prediction = self.predictor.predict(images for images, _info in dataloader)
+        size = self.params["heatmap_size"]
+        out_size = (size, size) if size is not None else None
+        pred: Prediction = self.predictor.predict((images for images, _info in dataloader), out_size)
         return (
             {METHOD: pred.heatmaps, METHOD_REWEIGHTED: pred.heatmaps},
             {METHOD: pred.scores, METHOD_REWEIGHTED: pred.scores_reweighted},

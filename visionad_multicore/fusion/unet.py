@@ -11,9 +11,10 @@ Design choices (SPEC section 3, "Heatmap Fusion Module"):
   setting is ``None``, the native resolution): inputs are area-downsampled to ``work_size x work_size`` and the
   output is bilinearly upsampled to the requested size. Member heatmaps are gaussian-smoothed (sigma 4 px at
   256 px), so little is lost at 128 px and not much at 64 px.
-- With ``residual_mean=True`` the output is ``mean over channels of the input + UNet(x)``, and the UNet's last
-  convolution starts at zero, so an untrained module reproduces the plain ensemble mean exactly and training
-  learns a correction to it.
+- With ``residual_mean=True`` the output is ``a * (mean over channels of the input) + b + UNet(x)`` with a
+  learnable scale ``a`` (starts at 1) and offset ``b`` (starts at 0), and the UNet's last convolution starts
+  at zero, so an untrained module reproduces the plain ensemble mean exactly and training learns a
+  correction to it (``a`` and ``b`` let the loss's sigmoid sharpen and shift the map without the UNet).
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ class UNet(nn.Module):
         self.downs = nn.ModuleList(_DoubleConv(widths[i], widths[i + 1]) for i in range(depth))
         self.ups = nn.ModuleList(_Up(widths[i + 1], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], 1, kernel_size=1)
+        if residual_mean:
+            self.residual_scale = nn.Parameter(torch.ones(1))
+            self.residual_offset = nn.Parameter(torch.zeros(1))
         self._init_weights(torch.Generator().manual_seed(seed))
 
     def _init_weights(self, generator: torch.Generator) -> None:
@@ -150,7 +154,7 @@ class UNet(nn.Module):
             out = up(out, skips.pop())
         out = self.head(out)[..., :height, :width]  # (B, 1, h, w)
         if self.residual_mean:
-            out = out + x.mean(dim=1, keepdim=True)
+            out = out + self.residual_scale * x.mean(dim=1, keepdim=True) + self.residual_offset
         if tuple(out.shape[-2:]) != target:
             out = F.interpolate(
                 out, size=target, mode="bilinear", align_corners=False

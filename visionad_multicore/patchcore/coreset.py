@@ -96,28 +96,38 @@ def greedy_coreset_indices(
 
 
 class _Metric:
-    """Distances from points to one centre; ``euclidean`` is kept squared (same order, no root)."""
+    """Distances from points to one centre; ``euclidean`` is kept squared (same order, no root).
+
+    For ``euclidean`` each row is stored augmented as (x, |x|^2), so that one gathered matrix-vector product
+    with (-2c, 1) plus |c|^2 gives squared distances: a single gather per step instead of two.
+    """
 
     def __init__(self, points: torch.Tensor, metric: str) -> None:
-        self.points = points
         self.metric = metric
         self.squared = metric == "euclidean"
-        # |x|^2 of every row for the matrix-vector form of squared euclidean distances
-        self.sq_norms = points.square().sum(dim=1) if self.squared else None  # (N,)
+        if self.squared:
+            self.points = torch.cat([points, points.square().sum(dim=1, keepdim=True)], dim=1)  # (N, d + 1)
+        else:
+            self.points = points
+
+    def query(self, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vector to multiply rows with, and the constant to add (euclidean only)."""
+        sq = centre.square().sum()
+        return torch.cat([-2.0 * centre, centre.new_ones(1)]), sq
 
     def to_rows(self, rows: torch.Tensor | None, centre: torch.Tensor) -> torch.Tensor:
-        """(Squared) distances of ``points[rows]`` (all points if ``rows`` is None) to ``centre``."""
-        block = self.points if rows is None else torch.index_select(self.points, 0, rows)  # (C, d)
+        """(Squared) distances of ``points[rows]`` (all points if ``rows`` is None) to ``centre`` (d,)."""
+        block = self.points if rows is None else torch.index_select(self.points, 0, rows)  # (C, d [+ 1])
         if self.squared:
-            assert self.sq_norms is not None
-            norms = self.sq_norms if rows is None else torch.index_select(self.sq_norms, 0, rows)
-            return (norms - 2.0 * (block @ centre) + centre.square().sum()).clamp_min_(0.0)
+            vec, const = self.query(centre)
+            return (block @ vec + const).clamp_min_(0.0)
         return distances_to_point(block, centre, self.metric)
 
-    def between(self, block: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        """(Squared) distances of a small (M, d) block of vectors to ``centre``."""
+    def to_rows_of(self, block: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        """(Squared) distances of the rows of a block stored like ``self.points`` (e.g. centres) to ``centre``."""
         if self.squared:
-            return (block - centre).square_().sum(dim=1)
+            vec, const = self.query(centre)
+            return (block @ vec + const).clamp_min_(0.0)
         return distances_to_point(block, centre, self.metric)
 
 
@@ -136,9 +146,9 @@ def _greedy_k_center(points: torch.Tensor, size: int, metric: str, seed: int, pr
     first = int(torch.randint(n, (1,), generator=gen).item())
 
     selected = torch.empty(size, dtype=torch.long, device=device)
-    centres = torch.empty(size, points.shape[1], dtype=points.dtype, device=device)  # (size, d)
+    centres = torch.empty(size, dist.points.shape[1], dtype=points.dtype, device=device)  # (size, d [+ 1])
     selected[0] = first
-    centres[0] = points[first]
+    centres[0] = dist.points[first]
     min_dist = dist.to_rows(None, points[first])  # (N,) (squared) distance to the nearest centre
     assign = torch.zeros(n, dtype=torch.long, device=device)  # (N,) index (into centres) of that centre
     min_dist[first] = -1.0  # selected points are marked -1 so they can never be chosen again
@@ -147,12 +157,12 @@ def _greedy_k_center(points: torch.Tensor, size: int, metric: str, seed: int, pr
         radius, idx_t = torch.max(min_dist, dim=0)
         centre = points[idx_t]
         selected[k] = idx_t
-        centres[k] = centre
+        centres[k] = dist.points[idx_t]
         # x (nearest centre j) can only move to the new centre c if d(x, j) > d(c, j) / 2 (triangle
         # inequality), and d(c, j) >= radius for every j, so points within radius / 2 are skipped first.
         far = torch.nonzero(min_dist > radius * half).squeeze(1)  # (F,)
         owners = torch.index_select(assign, 0, far)  # (F,)
-        gap = dist.between(centres[:k], centre)  # (k,) d(c, j) for every earlier centre
+        gap = dist.to_rows_of(centres[:k], centre)  # (k,) d(c, j) for every earlier centre
         keep = torch.index_select(min_dist, 0, far) > torch.index_select(gap, 0, owners) * half
         cand = far[keep]  # (C,)
         evaluated += cand.numel()

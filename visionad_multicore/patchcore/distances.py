@@ -133,12 +133,12 @@ class NearestNeighbourIndex:
         bank = bank.detach().float()
         if distance == "cosine":
             bank = torch.nn.functional.normalize(bank, dim=1)
+        # kept for the exact euclidean refinement of the neighbours found (see search)
+        self._bank: torch.Tensor = bank.to(self.device)
         if self.backend == "faiss":
             self._index = self._build_faiss(bank.cpu().contiguous().numpy())
-            self._bank: torch.Tensor | None = None
         else:
             self._index = None
-            self._bank = bank.to(self.device)
 
     def _build_faiss(self, bank: np.ndarray):  # type: ignore[no-untyped-def]
         import faiss
@@ -190,13 +190,12 @@ class NearestNeighbourIndex:
             dist = torch.from_numpy(d)
             idx = torch.from_numpy(i).long()
             if self.distance == "euclidean":
-                dist = dist.clamp_min_(0.0).sqrt_()  # faiss L2 is squared
+                dist = self._exact_euclidean(queries, idx)  # faiss L2 is squared (and see below)
             elif self.distance == "minkowski3":
                 dist = dist.clamp_min_(0.0).pow_(1.0 / 3.0)  # faiss Lp returns sum |d|^p
             elif self.distance == "cosine":
                 dist = (1.0 - dist).clamp_min_(0.0)  # inner product of unit vectors = cosine similarity
             return KNNResult(dist.to(out_device), idx.to(out_device))
-        assert self._bank is not None
         queries = queries.to(self.device)
         rows = max(1, self.chunk_bytes // (4 * self.size))
         dists, idxs = [], []
@@ -205,10 +204,35 @@ class NearestNeighbourIndex:
             d, i = torch.topk(block, k, dim=1, largest=False, sorted=True)
             dists.append(d)
             idxs.append(i)
-        return KNNResult(torch.cat(dists).to(out_device), torch.cat(idxs).to(out_device))
+        dist, idx = torch.cat(dists), torch.cat(idxs)
+        if self.distance == "euclidean":
+            dist = self._exact_euclidean(queries, idx)
+        return KNNResult(dist.to(out_device), idx.to(out_device))
+
+    def _exact_euclidean(self, queries: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Recompute the found neighbours' distances as ||q - b||: the |q|^2 + |b|^2 - 2 q.b form of faiss
+        and cdist loses about sqrt(eps) * |q| to cancellation, a noise floor of ~0.1 on 1024-d features of
+        norm ~150, which would hide the zero distance of a patch that is in the bank.
+
+        Args:
+            queries: (Q, D); idx: (Q, k) neighbour indices. Returns (Q, k) float32 distances, ascending.
+        """
+        bank = self._bank
+        queries = queries.to(bank.device)
+        idx = idx.to(bank.device)
+        k = idx.shape[1]
+        rows = max(1, self.chunk_bytes // (4 * self.dim * k))
+        out = torch.empty(idx.shape, dtype=torch.float32, device=bank.device)
+        for start in range(0, queries.shape[0], rows):
+            q = queries[start : start + rows]  # (r, D)
+            nb = bank[idx[start : start + rows].reshape(-1)].reshape(q.shape[0], k, -1)  # (r, k, D)
+            out[start : start + rows] = (nb - q.unsqueeze(1)).norm(dim=2)
+        if k > 1:  # re-sort: exact values may swap near-ties
+            out, order = out.sort(dim=1)
+            idx.copy_(torch.gather(idx, 1, order))
+        return out
 
     def _block_distances(self, queries: torch.Tensor) -> torch.Tensor:
-        assert self._bank is not None
         if self.distance == "cosine":  # both sides already unit length
             return (1.0 - queries @ self._bank.T).clamp_min_(0.0)
         return pairwise_distances(queries, self._bank, self.distance)

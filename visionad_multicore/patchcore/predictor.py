@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,8 @@ class PatchCorePlus:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if feature_dim % 2:
+            raise ValueError(f"feature_dim must be even (two layers share it), got {feature_dim}")
         if k > coreset_size:
             raise ValueError(f"k ({k}) cannot exceed coreset_size ({coreset_size})")
         if sigma < 0:
@@ -178,6 +181,14 @@ class PatchCorePlus:
         self.progress = progress
         self._extractor: FeatureExtractor | None = None
         self._index: NearestNeighbourIndex | None = None
+        # wall seconds per stage, accumulated: features (backbone + patches), coreset, index, backbone,
+        # embed, search, heatmap
+        self.timings: dict[str, float] = {}
+
+    def _tick(self, stage: str, start: float) -> float:
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - start
+        return now
 
     # ------------------------------------------------------------------ configuration
     def get_params(self) -> dict[str, Any]:
@@ -250,6 +261,7 @@ class PatchCorePlus:
         """
         chunks = []
         grid: tuple[int, int] | None = None
+        start = time.perf_counter()
         for maps in tqdm(layer_maps_batches, desc="features", disable=not self.progress, leave=False):
             feats, grid = self.embed(maps)
             chunks.append(feats.cpu())
@@ -257,6 +269,7 @@ class PatchCorePlus:
             raise ValueError("fit received no training batches")
         bank = torch.cat(chunks)  # (N, feature_dim)
         del chunks
+        start = self._tick("features", start)
         idx = greedy_coreset_indices(
             bank,
             self.coreset_size,
@@ -270,8 +283,10 @@ class PatchCorePlus:
         self.coreset_indices_ = idx
         self.patch_grid_ = grid
         self.memory_bank_ = bank[idx].contiguous()
+        start = self._tick("coreset", start)
         logger.info("memory bank: %d of %d patches", self.memory_bank_.shape[0], self.n_patches_seen_)
         self._build_index()
+        self._tick("index", start)
         return self
 
     def _build_index(self) -> None:
@@ -280,20 +295,25 @@ class PatchCorePlus:
         self._index = NearestNeighbourIndex(self.memory_bank_, self.distance, self.knn_backend, self.device)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, images: Iterable[torch.Tensor]) -> Prediction:
+    def predict(self, images: Iterable[torch.Tensor], out_size: tuple[int, int] | None = None) -> Prediction:
         """Heatmaps and image scores.
 
         Args:
             images: iterable of (B, 3, H, W) batches normalised with ``input_mean`` / ``input_std``.
+            out_size: (H', W') of the heatmaps; default the input size (H, W).
 
         Returns:
-            :class:`Prediction` with (N, H, W) heatmaps on the CPU and (N,) scores, in input order.
+            :class:`Prediction` with (N, H', W') heatmaps on the CPU and (N,) scores, in input order.
         """
         self._check_fitted()
         extractor = self.extractor
         parts = []
         for batch in tqdm(images, desc="predict", disable=not self.progress, leave=False):
-            pred = self.predict_features(extractor(batch), tuple(batch.shape[-2:]))  # type: ignore[arg-type]
+            size = out_size if out_size is not None else tuple(batch.shape[-2:])
+            start = time.perf_counter()
+            maps = extractor(batch)
+            self._tick("backbone", start)
+            pred = self.predict_features(maps, size)  # type: ignore[arg-type]
             parts.append(Prediction(pred.heatmaps.cpu(), pred.scores.cpu(), pred.scores_reweighted.cpu()))
         return Prediction.concat(parts)
 
@@ -310,15 +330,19 @@ class PatchCorePlus:
         """
         self._check_fitted()
         assert self._index is not None
+        start = time.perf_counter()
         feats, (h, w) = self.embed(layer_maps)  # (B*h*w, F)
         b = feats.shape[0] // (h * w)
+        start = self._tick("embed", start)
         knn = self._index.search(feats, self.k)
+        start = self._tick("search", start)
         patch_scores = knn.distances.to(feats.device).mean(dim=1).reshape(b, h * w)  # (B, h*w)
         grid = patch_scores.reshape(b, 1, h, w)  # (B, 1, h, w)
         up = F.interpolate(grid, size=tuple(out_size), mode="bilinear", align_corners=False)  # (B, 1, H, W)
         heatmaps = gaussian_smooth(up.squeeze(1), self.sigma)  # (B, H, W)
         scores = heatmaps.flatten(1).amax(dim=1)  # (B,)
         reweighted = self._reweighted_scores(feats.reshape(b, h * w, -1), patch_scores, knn.indices)
+        self._tick("heatmap", start)
         return Prediction(heatmaps, scores, reweighted)
 
     def _reweighted_scores(
