@@ -98,13 +98,17 @@ def run_toothbrush(args: argparse.Namespace) -> None:
         f"inference: {t_pred:.2f} s for {n_test} images ({t_pred / n_test:.3f} s/image) = backbone "
         f"{tm['backbone']:.2f} + patches {tm['embed']:.2f} + search {tm['search']:.2f} + heatmap {tm['heatmap']:.2f}"
     )
-    print(f"fit + inference: {t_fit + t_pred:.2f} s; peak RSS {peak_rss_mb():.0f} MiB; load average {load_avg()}")
+    print(
+        f"fit + inference: {t_fit + t_pred:.2f} s; peak RSS {peak_rss_mb():.0f} MiB; load average {load_avg()}"
+    )
 
     masks_np = torch.cat(masks).numpy()
     hm_nov, hm_reg = pred_novel.heatmaps.numpy(), pred_regular.heatmaps.numpy()
     results = {
         "I-AUC": image_auroc(pred_regular.scores.numpy(), pred_novel.scores.numpy()),
-        "I-AUC (reweighted)": image_auroc(pred_regular.scores_reweighted.numpy(), pred_novel.scores_reweighted.numpy()),
+        "I-AUC (reweighted)": image_auroc(
+            pred_regular.scores_reweighted.numpy(), pred_novel.scores_reweighted.numpy()
+        ),
         "P-AUC": pixel_auroc(hm_nov, masks_np, hm_reg),
         "AUPRO": aupro(hm_nov, masks_np),
         "PL": proportion_localised(hm_nov, masks_np),
@@ -132,14 +136,18 @@ def run_coreset1m(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mode", choices=("toothbrush", "coreset1m"), default="toothbrush")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="MVTec-layout class folder")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--patch_size", type=int, default=3)
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--distance", default="euclidean")
-    parser.add_argument("--coreset_fraction", type=float, default=0.1, help="toothbrush mode: share of patches")
+    parser.add_argument(
+        "--coreset_fraction", type=float, default=0.1, help="toothbrush mode: share of patches"
+    )
     parser.add_argument("--knn_backend", default="auto")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--n_vectors", type=int, default=1_000_000, help="coreset1m mode")

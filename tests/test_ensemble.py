@@ -111,7 +111,7 @@ def test_statistics_come_from_clean_fusion_images(
     prepared: tuple[MultiCore, torch.Tensor, torch.Tensor],
 ) -> None:
     model, train, _ = prepared
-    maps, _ = model._member_maps(train[model.fusion_idx_])  # (F, M, H, W)
+    maps, _ = model.member_maps(train[model.fusion_idx_])  # (F, M, H, W)
     torch.testing.assert_close(model.stats_mean_, maps.double().mean(dim=(0, 2, 3)).float())
     torch.testing.assert_close(model.stats_std_, maps.double().std(dim=(0, 2, 3)).float())
 
@@ -121,8 +121,10 @@ def test_synthetic_cache(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor])
     assert model._cache is not None
     maps, masks = model._cache
     assert maps.shape == (12, 2, 64, 64) and maps.dtype == torch.float16
-    assert masks.shape == (12, 1, 64, 64) and masks.dtype == torch.bool
+    assert masks.shape == (12, 1, 64, 64) and masks.dtype == torch.float16
+    assert ((masks == 0) | (masks == 1)).all()  # no work_size: binary targets at full size
     assert masks.any() and not masks.all()
+    assert model._labels is None
     assert model._train_idx is not None and model._val_idx is not None
     assert len(model._val_idx) == 3 and not set(model._train_idx.tolist()) & set(model._val_idx.tolist())
 
@@ -180,3 +182,35 @@ def test_predict_before_fit_is_a_clear_error() -> None:
         tiny_multicore().predict(torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="bank_share"):
         tiny_multicore(bank_share=1.0)
+
+
+def test_fuse_equals_predict_and_subset(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    model, _, test_images = prepared
+    raw, scores = model.member_maps(test_images)
+    direct, via_fuse = model.predict(test_images).methods(), model.fuse(raw, scores).methods()
+    for method in direct[0]:
+        assert torch.equal(direct[0][method], via_fuse[0][method]), method
+    sub = model.subset(1, "first")
+    assert sub.member_keys == ["p1_euclidean_p3_s1"] and sub.members[0] is model.members[0]
+    assert sub.stats_mean_ is not None and torch.equal(sub.stats_mean_, model.stats_mean_[:1])
+    record = sub.train_epoch()
+    assert record.epoch == 0 and sub.hfm_epochs_ == 1
+    out = sub.predict(test_images)
+    assert set(out.methods()[0]) == {"multicore", "ensemble_mean", "p1_euclidean_p3_s1"}
+    torch.testing.assert_close(out.mean, sub._normalise(raw[:, :1])[:, 0])
+    with pytest.raises(ValueError, match="n_members"):
+        model.subset(3)
+
+
+@pytest.mark.slow
+def test_subset_of_mc4_matches_mc2(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    """Members are seeded by position: MC4's first two members, statistics and cache are MC2's."""
+    mc2, train, _ = prepared
+    mc4 = MultiCore("mc4", coreset_size=64, ssa=TINY_SSA, hfm=TINY_HFM, progress=False).prepare(
+        train, MEAN, STD
+    )
+    sub = mc4.subset(2, "mc2")
+    for a, b in zip(sub.members, mc2.members):
+        assert torch.equal(a.memory_bank_, b.memory_bank_)
+    assert torch.equal(sub.stats_mean_, mc2.stats_mean_) and torch.equal(sub.stats_std_, mc2.stats_std_)
+    assert torch.equal(sub._cache[0], mc2._cache[0]) and torch.equal(sub._cache[1], mc2._cache[1])

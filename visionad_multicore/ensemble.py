@@ -343,7 +343,7 @@ class MultiCore:
         Returns:
             ``(maps (B, M, H, W) float32 on CPU, [scores (B,) per member])``.
         """
-        out_size = tuple(images.shape[-2:])
+        out_size = (int(images.shape[-2]), int(images.shape[-1]))
         features = self._features(images)
         maps, scores = [], []
         for member in self.members:

@@ -55,7 +55,11 @@ def test_fit_predict_shapes_and_detection(fitted: tuple[PatchCorePlus, torch.Ten
     assert torch.allclose(pred.scores, pred.heatmaps.flatten(1).amax(1))
     # the bright square defects score above every good image
     assert pred.scores[4:].min() > pred.scores[:4].max()
-    assert bool(((pred.scores_reweighted >= 0) & (pred.scores_reweighted <= pred.heatmaps.flatten(1).amax(1) * 10)).all())
+    assert bool(
+        (
+            (pred.scores_reweighted >= 0) & (pred.scores_reweighted <= pred.heatmaps.flatten(1).amax(1) * 10)
+        ).all()
+    )
 
 
 def test_small_bank_kept_whole(fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor]) -> None:
@@ -85,7 +89,9 @@ def test_parameter_validation() -> None:
         PatchCorePlus(knn_backend="annoy")
 
 
-def test_save_load_bit_identical(fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor], tmp_path: Path) -> None:
+def test_save_load_bit_identical(
+    fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
     model, test, _ = fitted
     before = model.predict([test])
     model.save(tmp_path / "pc.pt")

@@ -205,7 +205,7 @@ class WrapperMultiCore(ModelWrapper):
             )
         images = [
             dataset[i][0]
-            for i in tqdm(range(len(dataset)), desc="Training images", disable=not self.progress)
+            for i in tqdm(range(len(dataset)), desc="Training images", disable=not self.progress)  # type: ignore[arg-type]
         ]
         mean = getattr(dataset, "mean", None)
         std = getattr(dataset, "std", None)

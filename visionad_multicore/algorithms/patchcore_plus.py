@@ -87,7 +87,11 @@ class WrapperPatchCorePlus(ModelWrapper):
         self.predictor = self._make_predictor(input_mean or IMAGENET_MEAN, input_std or IMAGENET_STD)
 
     def _make_predictor(self, mean: Sequence[float], std: Sequence[float]) -> PatchCorePlus:
-        p = {k: v for k, v in self.params.items() if k not in ("wandb", "input_mean", "input_std", "heatmap_size")}
+        p = {
+            k: v
+            for k, v in self.params.items()
+            if k not in ("wandb", "input_mean", "input_std", "heatmap_size")
+        }
         return PatchCorePlus(**p, input_mean=mean, input_std=std)
 
     def _loader_stats(self) -> tuple[Sequence[float], Sequence[float]]:
@@ -123,7 +127,9 @@ class WrapperPatchCorePlus(ModelWrapper):
             ``patchcore_plus_reweighted``.
         """
         if not self.predictor.is_fitted():
-            raise RuntimeError("patchcore_plus is not fitted: call pre_eval_processing() or load_model() first")
+            raise RuntimeError(
+                "patchcore_plus is not fitted: call pre_eval_processing() or load_model() first"
+            )
         size = self.params["heatmap_size"]
         out_size = (size, size) if size is not None else None
         pred: Prediction = self.predictor.predict((images for images, _info in dataloader), out_size)

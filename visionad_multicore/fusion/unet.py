@@ -121,6 +121,7 @@ class UNet(nn.Module):
             nn.init.zeros_(self.head.weight)
         else:
             nn.init.normal_(self.head.weight, std=1e-2, generator=generator)
+        assert self.head.bias is not None
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:

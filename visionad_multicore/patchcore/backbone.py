@@ -22,6 +22,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +48,9 @@ class FeatureExtractor(nn.Module):
         input_mean, input_std: normalisation of the images it will be given (the loader's).
         model_mean, model_std: normalisation the body was trained with.
     """
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(
         self,
@@ -94,7 +98,7 @@ class FeatureExtractor(nn.Module):
 
 
 class _WRN50Body(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: Any) -> None:
         super().__init__()
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
         self.layer2 = net.layer2
@@ -108,7 +112,7 @@ class _WRN50Body(nn.Module):
 class _TimmStagesBody(nn.Module):
     """Runs an EfficientNet-style timm model's stem and blocks, keeping two block outputs."""
 
-    def __init__(self, net: nn.Module, keep: tuple[int, int]) -> None:
+    def __init__(self, net: Any, keep: tuple[int, int]) -> None:
         super().__init__()
         self.conv_stem, self.bn1 = net.conv_stem, net.bn1
         self.blocks = nn.ModuleList(list(net.blocks)[: keep[1] + 1])
@@ -125,7 +129,7 @@ class _TimmStagesBody(nn.Module):
 
 
 class _TimmFeaturesBody(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: Any) -> None:
         super().__init__()
         self.net = net
 
@@ -246,16 +250,18 @@ def _build_timm(name: str, weights: str | Path | None, input_mean, input_std) ->
             f"backbone {name!r} is not in the registry ({', '.join(BACKBONES)}); a timm model needs a local "
             "weights file: build_backbone(name, weights='path/to/weights.pth')"
         )
-    probe = timm.create_model(name, pretrained=False, features_only=True)
+    probe: Any = timm.create_model(name, pretrained=False, features_only=True)
     reductions = probe.feature_info.reduction()
     if 8 not in reductions or 16 not in reductions:
         raise ValueError(f"timm model {name!r} has no feature levels at strides 8 and 16 (has {reductions})")
     levels = (reductions.index(8), reductions.index(16))
-    net = timm.create_model(name, pretrained=False, features_only=True, out_indices=levels)
+    net: Any = timm.create_model(name, pretrained=False, features_only=True, out_indices=levels)
     state = _load_state(Path(weights))
     missing, _unexpected = net.load_state_dict(state, strict=False)
     if missing:
-        raise ValueError(f"{weights}: weights for timm model {name!r} lack {len(missing)} tensors, e.g. {missing[:3]}")
+        raise ValueError(
+            f"{weights}: weights for timm model {name!r} lack {len(missing)} tensors, e.g. {missing[:3]}"
+        )
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     return FeatureExtractor(
         _TimmFeaturesBody(net),
@@ -299,6 +305,8 @@ def build_backbone(
         import timm
 
         if not timm.is_model(name):
-            raise ValueError(f"unknown backbone {name!r}; registry: {', '.join(BACKBONES)} or a timm model name")
+            raise ValueError(
+                f"unknown backbone {name!r}; registry: {', '.join(BACKBONES)} or a timm model name"
+            )
         extractor = _build_timm(name, weights, input_mean, input_std)
     return extractor.to(device).eval()

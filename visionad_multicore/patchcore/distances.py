@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -155,7 +155,7 @@ class NearestNeighbourIndex:
             self._gpu_resources = faiss.StandardGpuResources()
             config = faiss.GpuIndexFlatConfig()
             config.device = self.device.index or 0
-            index = faiss.GpuIndexFlat(self._gpu_resources, d, metric, config)
+            index: Any = faiss.GpuIndexFlat(self._gpu_resources, d, metric, config)
         else:
             index = faiss.IndexFlat(d, metric)
         if self.distance == "minkowski3":
@@ -164,7 +164,9 @@ class NearestNeighbourIndex:
             if index.metric_arg != 3.0:
                 raise RuntimeError("faiss index did not keep metric_arg = 3 for minkowski3")
         index.add(np.ascontiguousarray(bank, dtype=np.float32))
-        logger.debug("faiss %s index (%s) over %d x %d", self.distance, "gpu" if use_gpu else "cpu", *bank.shape)
+        logger.debug(
+            "faiss %s index (%s) over %d x %d", self.distance, "gpu" if use_gpu else "cpu", *bank.shape
+        )
         return index
 
     def search(self, queries: torch.Tensor, k: int = 1) -> KNNResult:

@@ -80,7 +80,9 @@ def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
 def _pooling_kernel(channels: int, patch_size: int, feature_dim: int) -> torch.Tensor:
     """(feature_dim / 2, C, p, p) kernel: pool C * p * p patch values to feature_dim, then average pairs."""
     pool = adaptive_pool_matrix(channels * patch_size * patch_size, feature_dim)  # (C*p*p, F)
-    pairs = (pool[:, 0::2] + pool[:, 1::2]) / 2  # (C*p*p, F/2): the final 2F -> F pooling of this layer's half
+    pairs = (
+        pool[:, 0::2] + pool[:, 1::2]
+    ) / 2  # (C*p*p, F/2): the final 2F -> F pooling of this layer's half
     return pairs.T.reshape(feature_dim // 2, channels, patch_size, patch_size).float()  # (F/2, C, p, p)
 
 

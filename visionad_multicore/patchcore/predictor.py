@@ -19,7 +19,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from visionad_multicore.patchcore.backbone import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, build_backbone
+from visionad_multicore.patchcore.backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FeatureExtractor,
+    build_backbone,
+)
 from visionad_multicore.patchcore.coreset import greedy_coreset_indices
 from visionad_multicore.patchcore.distances import (
     NearestNeighbourIndex,
@@ -227,7 +232,9 @@ class PatchCorePlus:
 
     def _check_fitted(self) -> None:
         if not self.is_fitted():
-            raise RuntimeError("this PatchCorePlus is not fitted yet: call fit(images) or load_state_dict() first")
+            raise RuntimeError(
+                "this PatchCorePlus is not fitted yet: call fit(images) or load_state_dict() first"
+            )
 
     # ------------------------------------------------------------------ fitting
     def embed(self, layer_maps: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
