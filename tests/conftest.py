@@ -19,8 +19,9 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def write_tiny_mvtec(root: Path, size: int = TINY_SIZE, n_train: int = 8, n_good: int = 4, n_bad: int = 4,
-                     seed: int = 0) -> Path:
+def write_tiny_mvtec(
+    root: Path, size: int = TINY_SIZE, n_train: int = 8, n_good: int = 4, n_bad: int = 4, seed: int = 0
+) -> Path:
     """Write an MVTec-layout class under ``root`` with square bright defects and their masks."""
     rng = np.random.default_rng(seed)
     for sub in ("train/good", "test/good", "test/defect", "ground_truth/defect"):

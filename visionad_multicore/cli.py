@@ -17,7 +17,10 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("visionad_multicore.commands.run", "run a VisionAD config file (train, evaluate, write results)"),
     "demo-data": ("visionad_multicore.commands.demo_data", "write the embedded MVTec-layout demo dataset"),
-    "ssa-preview": ("visionad_multicore.commands.ssa_preview", "picture and table of the synthetic anomalies"),
+    "ssa-preview": (
+        "visionad_multicore.commands.ssa_preview",
+        "picture and table of the synthetic anomalies",
+    ),
     "select-predictors": (
         "visionad_multicore.commands.select_predictors",
         "greedy coverage search for a predictor set on synthetic anomalies",
