@@ -4,6 +4,13 @@ Four distances are supported (SPEC section 3): ``euclidean``, ``cosine`` (1 - co
 ``minkowski3`` (p = 3) and ``manhattan`` (p = 1). Every function here returns *true* distances, whatever
 backend computes them: faiss' L2 index returns squared distances and its Lp index returns sum |d|^p, so the
 root is taken; ``torch.cdist`` already returns the norm.
+
+Exact search under a p-norm other than 2 has no matrix-product form, so faiss' ``METRIC_Lp`` and
+``torch.cdist(p=3)`` are two to three orders of magnitude slower than L2 search (about 25 s and 23 s per
+1,000 1024-d queries against 2,000 bank vectors on one shared CPU core, against 0.08 s for L2).
+:class:`NearestNeighbourIndex` therefore searches ``minkowski3`` by default with a *shortlist*: the
+``lp_shortlist`` L2-nearest bank vectors of each query (a matrix-product search), re-ranked by their exact L3
+distance. See its docstring for the trade-off and the measured recall.
 """
 
 from __future__ import annotations
@@ -19,11 +26,17 @@ logger = logging.getLogger(__name__)
 
 DISTANCES: tuple[str, ...] = ("euclidean", "cosine", "minkowski3", "manhattan")
 KNN_BACKENDS: tuple[str, ...] = ("auto", "faiss", "torch")
+LP_SEARCHES: tuple[str, ...] = ("auto", "shortlist", "exact")
+# distances an L2 shortlist can serve (the p-norms other than p = 2)
+SHORTLIST_DISTANCES: tuple[str, ...] = ("minkowski3", "manhattan")
+DEFAULT_LP_SHORTLIST = 64
+_RERANK_BYTES = 4 * 2**20
 
 # Minkowski order of each norm-based distance; cosine is not a norm and is handled on its own.
 _MINKOWSKI_P: dict[str, float] = {"euclidean": 2.0, "minkowski3": 3.0, "manhattan": 1.0}
 
 Backend = Literal["auto", "faiss", "torch"]
+LpSearch = Literal["auto", "shortlist", "exact"]
 
 
 def check_distance(distance: str) -> str:
@@ -38,6 +51,19 @@ def check_backend(backend: str) -> str:
     if backend not in KNN_BACKENDS:
         raise ValueError(f"unknown k-NN backend {backend!r}; known backends: {', '.join(KNN_BACKENDS)}")
     return backend
+
+
+def check_lp_search(lp_search: str, lp_shortlist: int) -> tuple[str, int]:
+    """Validate the p-norm search mode and shortlist size; return them unchanged.
+
+    Raises:
+        ValueError: ``lp_search`` is not one of :data:`LP_SEARCHES` or ``lp_shortlist`` is not a positive int.
+    """
+    if lp_search not in LP_SEARCHES:
+        raise ValueError(f"unknown lp_search {lp_search!r}; known modes: {', '.join(LP_SEARCHES)}")
+    if isinstance(lp_shortlist, bool) or not isinstance(lp_shortlist, int) or lp_shortlist < 1:
+        raise ValueError(f"lp_shortlist must be a positive int, got {lp_shortlist!r}")
+    return lp_search, lp_shortlist
 
 
 def faiss_available() -> bool:
@@ -101,14 +127,43 @@ class KNNResult:
 
 
 class NearestNeighbourIndex:
-    """Exact (flat) k-NN index over a memory bank, with faiss or a chunked torch fallback.
+    """Flat k-NN index over a memory bank, with faiss or a chunked torch fallback.
+
+    Euclidean and cosine searches are exact. The p-norm distances (``minkowski3``, ``manhattan``) have two
+    modes, ``lp_search``:
+
+    * ``"exact"``: brute force under the p-norm (faiss ``METRIC_Lp`` / ``METRIC_L1`` or ``torch.cdist``).
+    * ``"shortlist"``: the ``lp_shortlist`` nearest bank vectors of each query under L2 (a fast matrix-product
+      search, faiss ``IndexFlatL2`` or torch), then their exact p-norm distances, of which the ``k`` smallest
+      are returned. The returned distances are always true p-norm distances of the returned bank vectors, and
+      the result is the exact nearest neighbour whenever that neighbour lies among the L2 shortlist
+      (always when ``lp_shortlist`` >= the bank size); otherwise the distance returned is slightly *larger*
+      than the exact nearest distance, never smaller.
+    * ``"auto"`` (default): ``"shortlist"`` for ``minkowski3`` (exact L3 search is ~300x slower than L2) and
+      ``"exact"`` for ``manhattan`` (faiss' L1 search is fast enough). Ignored by euclidean and cosine.
+
+    Measured with ``benchmarks/bench_knn.py`` (one CPU thread, shared machine) on efficientnet_lite0 patch
+    features of mvtec_toothbrush (1024-d, p = 1, s = 1, 256 px; bank: the predictor's greedy coreset of the
+    49,152 training patches; 1,000 patches of 5 test images as queries): recall@1 of the exact L3 nearest
+    neighbour is 0.934 for the plain L2 neighbour (shortlist 1), 0.986 for 2 and 1.000 for every shortlist
+    from 4 to 128 (5,000-vector bank; 1.000 from 8 on with a 2,000-vector bank), and the returned distances
+    then equal the exact ones to float32 rounding (max relative error 1.7e-6). Per 1,000 queries: exact L3
+    search 68-74 s (5,000 bank) / 23-25 s (2,000 bank), shortlist 64 0.55 s / 0.4-0.7 s, shortlist 8
+    0.25 s / 0.11 s. On unstructured Gaussian data (2,000 x 1024) the L2 and L3 orders agree less: recall@1
+    0.967 / 0.991 / 0.997 / 1.000 for shortlists 8 / 16 / 32 / 64, max relative distance error 1.0e-2 /
+    1.0e-2 / 2.8e-3 / rounding. The default ``lp_shortlist`` = 64 is exact on both, at about 1/50 to 1/130
+    of the exact search time; its cost does not grow with the bank (the L2 search does).
 
     Args:
         bank: (M, D) float tensor, the memory bank.
         distance: one of :data:`DISTANCES`.
         backend: ``"auto"`` (faiss when installed, else torch), ``"faiss"`` or ``"torch"``.
-        device: device of the torch fallback; with faiss, ``cuda`` uses a GPU index when faiss has GPU support.
-        chunk_bytes: memory budget of one (queries x bank) distance block of the torch fallback.
+        device: device of the torch fallback; with faiss, ``cuda`` uses a GPU index when faiss has GPU
+            support.
+        chunk_bytes: memory budget of one (queries x bank) distance block of the torch fallback, and of one
+            (queries x shortlist x D) block of the re-ranking.
+        lp_search: ``"auto"``, ``"shortlist"`` or ``"exact"`` (see above).
+        lp_shortlist: L2 candidates re-ranked per query in ``"shortlist"`` mode (at least ``k`` are used).
     """
 
     def __init__(
@@ -118,9 +173,12 @@ class NearestNeighbourIndex:
         backend: Backend = "auto",
         device: str | torch.device = "cpu",
         chunk_bytes: int = 256 * 2**20,
+        lp_search: LpSearch = "auto",
+        lp_shortlist: int = DEFAULT_LP_SHORTLIST,
     ) -> None:
         check_distance(distance)
         check_backend(backend)
+        check_lp_search(lp_search, lp_shortlist)
         if bank.ndim != 2 or bank.shape[0] == 0:
             raise ValueError(f"memory bank must be a non-empty (M, D) tensor, got shape {tuple(bank.shape)}")
         if backend == "faiss" and not faiss_available():
@@ -129,12 +187,22 @@ class NearestNeighbourIndex:
         self.device = torch.device(device)
         self.backend = "faiss" if backend == "faiss" or (backend == "auto" and faiss_available()) else "torch"
         self.chunk_bytes = chunk_bytes
+        self.lp_search = lp_search
+        self.lp_shortlist = lp_shortlist
+        # the L2 metric of the shortlist search, or the distance itself
+        self.shortlist = distance in SHORTLIST_DISTANCES and (
+            lp_search == "shortlist" or (lp_search == "auto" and distance == "minkowski3")
+        )
+        self._search_metric = "euclidean" if self.shortlist else distance
         self.size, self.dim = bank.shape
         bank = bank.detach().float()
         if distance == "cosine":
             bank = torch.nn.functional.normalize(bank, dim=1)
         # kept for the exact euclidean refinement of the neighbours found (see search)
         self._bank: torch.Tensor = bank.to(self.device)
+        self._bank_sqnorm: torch.Tensor | None = None
+        if self.shortlist and self.backend == "torch":
+            self._bank_sqnorm = self._bank.square().sum(dim=1)  # (M,)
         if self.backend == "faiss":
             self._index = self._build_faiss(bank.cpu().contiguous().numpy())
         else:
@@ -149,7 +217,7 @@ class NearestNeighbourIndex:
             "cosine": faiss.METRIC_INNER_PRODUCT,
             "minkowski3": faiss.METRIC_Lp,
             "manhattan": faiss.METRIC_L1,
-        }[self.distance]
+        }[self._search_metric]
         use_gpu = self.device.type == "cuda" and hasattr(faiss, "StandardGpuResources")
         if use_gpu:
             self._gpu_resources = faiss.StandardGpuResources()
@@ -158,14 +226,14 @@ class NearestNeighbourIndex:
             index: Any = faiss.GpuIndexFlat(self._gpu_resources, d, metric, config)
         else:
             index = faiss.IndexFlat(d, metric)
-        if self.distance == "minkowski3":
+        if self._search_metric == "minkowski3":
             # Set after construction: the GPU flat index constructor does not take (and drops) metric_arg.
             index.metric_arg = 3.0
             if index.metric_arg != 3.0:
                 raise RuntimeError("faiss index did not keep metric_arg = 3 for minkowski3")
         index.add(np.ascontiguousarray(bank, dtype=np.float32))
         logger.debug(
-            "faiss %s index (%s) over %d x %d", self.distance, "gpu" if use_gpu else "cpu", *bank.shape
+            "faiss %s index (%s) over %d x %d", self._search_metric, "gpu" if use_gpu else "cpu", *bank.shape
         )
         return index
 
@@ -187,6 +255,8 @@ class NearestNeighbourIndex:
         queries = queries.detach().float()
         if self.distance == "cosine":
             queries = torch.nn.functional.normalize(queries, dim=1)
+        if self.shortlist:
+            return self._shortlist_search(queries, k, out_device)
         if self.backend == "faiss":
             d, i = self._index.search(np.ascontiguousarray(queries.cpu().numpy(), dtype=np.float32), k)
             dist = torch.from_numpy(d)
@@ -210,6 +280,50 @@ class NearestNeighbourIndex:
         if self.distance == "euclidean":
             dist = self._exact_euclidean(queries, idx)
         return KNNResult(dist.to(out_device), idx.to(out_device))
+
+    def _shortlist_search(self, queries: torch.Tensor, k: int, out_device: torch.device) -> KNNResult:
+        """L2 shortlist of ``max(k, lp_shortlist)`` candidates per query, re-ranked by the exact p-norm.
+
+        Args:
+            queries: (Q, D) float32; k: neighbours wanted; out_device: device of the result.
+
+        Returns:
+            :class:`KNNResult` with (Q, k) true p-norm distances, ascending, and their bank indices.
+        """
+        n_short = min(self.size, max(k, self.lp_shortlist))
+        if self.backend == "faiss":
+            _, i = self._index.search(np.ascontiguousarray(queries.cpu().numpy(), dtype=np.float32), n_short)
+            cand = torch.from_numpy(i).long().to(self.device)  # (Q, S)
+        else:
+            assert self._bank_sqnorm is not None
+            q = queries.to(self.device)
+            rows = max(1, self.chunk_bytes // (4 * self.size))
+            parts = []
+            for start in range(0, q.shape[0], rows):
+                # ||q - b||^2 up to the per-row constant ||q||^2, which does not change the order
+                score = torch.addmm(
+                    self._bank_sqnorm.unsqueeze(0), q[start : start + rows], self._bank.T, alpha=-2
+                )
+                parts.append(torch.topk(score, n_short, dim=1, largest=False, sorted=False).indices)
+            cand = torch.cat(parts)  # (Q, S)
+        queries = queries.to(self.device)
+        # blocks of at most _RERANK_BYTES: the gathered candidates stay cache-sized
+        rows = max(1, min(self.chunk_bytes, _RERANK_BYTES) // (4 * self.dim * n_short))
+        dists, idxs = [], []
+        for start in range(0, queries.shape[0], rows):
+            c = cand[start : start + rows]  # (r, S)
+            q = queries[start : start + rows]  # (r, D)
+            diff = (
+                self._bank[c.reshape(-1)].reshape(c.shape[0], n_short, -1) - q.unsqueeze(1)
+            ).abs_()  # (r, S, D)
+            if self.distance == "minkowski3":  # sum |d|^2 |d| as a batched dot product: faster than pow
+                d = torch.linalg.vecdot(diff.square(), diff).pow_(1.0 / 3.0)  # (r, S)
+            else:  # manhattan
+                d = diff.sum(dim=2)
+            d, order = torch.topk(d, k, dim=1, largest=False, sorted=True)  # (r, k)
+            dists.append(d)
+            idxs.append(torch.gather(c, 1, order))
+        return KNNResult(torch.cat(dists).to(out_device), torch.cat(idxs).to(out_device))
 
     def _exact_euclidean(self, queries: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Recompute the found neighbours' distances as ||q - b||: the |q|^2 + |b|^2 - 2 q.b form of faiss

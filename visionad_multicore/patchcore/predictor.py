@@ -27,9 +27,11 @@ from visionad_multicore.patchcore.backbone import (
 )
 from visionad_multicore.patchcore.coreset import greedy_coreset_indices
 from visionad_multicore.patchcore.distances import (
+    DEFAULT_LP_SHORTLIST,
     NearestNeighbourIndex,
     check_backend,
     check_distance,
+    check_lp_search,
     distances_to_point,
 )
 from visionad_multicore.patchcore.patches import patch_features
@@ -129,6 +131,10 @@ class PatchCorePlus:
         device: device of backbone, features and search.
         input_mean, input_std: normalisation of the images given to ``fit`` / ``predict``.
         progress: show tqdm progress bars.
+        lp_search: k-NN search of the p-norm distances, ``auto`` (an L2 shortlist re-ranked exactly for
+            ``minkowski3``, exact for ``manhattan``), ``shortlist`` or ``exact``; see
+            :class:`~visionad_multicore.patchcore.distances.NearestNeighbourIndex`.
+        lp_shortlist: L2 candidates re-ranked per query in shortlist mode.
     """
 
     def __init__(
@@ -149,6 +155,8 @@ class PatchCorePlus:
         input_mean: Sequence[float] = IMAGENET_MEAN,
         input_std: Sequence[float] = IMAGENET_STD,
         progress: bool = True,
+        lp_search: str = "auto",
+        lp_shortlist: int = DEFAULT_LP_SHORTLIST,
     ) -> None:
         for name, value in (
             ("patch_size", patch_size),
@@ -184,6 +192,7 @@ class PatchCorePlus:
         self.input_mean = tuple(float(v) for v in input_mean)
         self.input_std = tuple(float(v) for v in input_std)
         self.progress = progress
+        self.lp_search, self.lp_shortlist = check_lp_search(lp_search, lp_shortlist)
         self._extractor: FeatureExtractor | None = None
         self._index: NearestNeighbourIndex | None = None
         # wall seconds per stage, accumulated: features (backbone + patches), coreset, index, backbone,
@@ -215,6 +224,8 @@ class PatchCorePlus:
             "input_mean": list(self.input_mean),
             "input_std": list(self.input_std),
             "progress": self.progress,
+            "lp_search": self.lp_search,
+            "lp_shortlist": self.lp_shortlist,
         }
 
     @property
@@ -299,7 +310,14 @@ class PatchCorePlus:
     def _build_index(self) -> None:
         if self.k > self.memory_bank_.shape[0]:
             raise ValueError(f"k = {self.k} exceeds the memory bank size {self.memory_bank_.shape[0]}")
-        self._index = NearestNeighbourIndex(self.memory_bank_, self.distance, self.knn_backend, self.device)  # type: ignore[arg-type]
+        self._index = NearestNeighbourIndex(
+            self.memory_bank_,
+            self.distance,
+            self.knn_backend,  # type: ignore[arg-type]
+            self.device,
+            lp_search=self.lp_search,  # type: ignore[arg-type]
+            lp_shortlist=self.lp_shortlist,
+        )
 
     # ------------------------------------------------------------------ prediction
     def predict(self, images: Iterable[torch.Tensor], out_size: tuple[int, int] | None = None) -> Prediction:
@@ -407,7 +425,8 @@ class PatchCorePlus:
         if state.get("format") != "visionad_multicore.PatchCorePlus/1":
             raise ValueError(f"not a PatchCorePlus state (format {state.get('format')!r})")
         mine, theirs = self.get_params(), state["params"]
-        ignore = {"device", "progress", "knn_backend"}
+        # how the bank is searched, not what it holds (states saved before lp_search existed load too)
+        ignore = {"device", "progress", "knn_backend", "lp_search", "lp_shortlist"}
         diff = {k for k in mine if k not in ignore and mine[k] != theirs.get(k)}
         if diff:
             raise ValueError(f"state was saved with different parameters: {sorted(diff)}")
