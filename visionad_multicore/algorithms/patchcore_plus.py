@@ -31,7 +31,7 @@ class WrapperPatchCorePlus(ModelWrapper):
 
     Args:
         patch_size, stride, distance, coreset_size, k, backbone, backbone_weights, feature_dim, projection_dim,
-        knn_backend, sigma, seed: as :class:`PatchCorePlus`.
+        knn_backend, lp_search, lp_shortlist, sigma, seed: as :class:`PatchCorePlus`.
         heatmap_size: side of the square heatmaps returned (VisionAD scores 256 x 256 maps); ``None`` keeps
             the input size.
         input_mean, input_std: normalisation of the loader's images; ``None`` takes the training dataset's
@@ -53,6 +53,8 @@ class WrapperPatchCorePlus(ModelWrapper):
         feature_dim: int = 1024,
         projection_dim: int = 128,
         knn_backend: str = "auto",
+        lp_search: str = "auto",
+        lp_shortlist: int = 64,
         sigma: float = 4.0,
         seed: int = 0,
         heatmap_size: int | None = 256,
@@ -74,6 +76,8 @@ class WrapperPatchCorePlus(ModelWrapper):
             "feature_dim": feature_dim,
             "projection_dim": projection_dim,
             "knn_backend": knn_backend,
+            "lp_search": lp_search,
+            "lp_shortlist": lp_shortlist,
             "sigma": sigma,
             "seed": seed,
             "heatmap_size": heatmap_size,
