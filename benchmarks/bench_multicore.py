@@ -311,7 +311,17 @@ def main(argv: list[str] | None = None) -> int:
             reloaded = json.loads(line.split(" ", 1)[1])
         identical = reloaded == json.loads(json.dumps(metrics))
         record["reload_identical_metrics"] = identical
-        print(f"save -> load in a new process -> evaluate: metrics identical = {identical}")
+        record["reloaded_metrics"] = reloaded
+        record["reload_max_abs_metric_difference"] = max(
+            abs(reloaded[m][k] - metrics[m][k])
+            for m in metrics
+            for k in metrics[m]
+            if k in reloaded.get(m, {})
+        )
+        print(
+            f"save -> load in a new process -> evaluate: metrics identical = {identical} "
+            f"(max abs difference {record['reload_max_abs_metric_difference']:.3g})"
+        )
 
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
