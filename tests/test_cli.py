@@ -32,3 +32,9 @@ def test_each_command_has_help(name: str, capsys: pytest.CaptureFixture[str]) ->
         main([name, "--help"])
     assert exc.value.code == 0
     assert f"visionad-multicore {name}" in capsys.readouterr().out
+
+
+def test_run_rejects_non_positive_threads(tmp_path) -> None:
+    config = tmp_path / "cfg.py"
+    config.write_text("dataset_list = []\nmetrics = ['all']\nmodel_list = []\n")
+    assert main(["run", "--config_file", str(config), "--threads", "0"]) == 2
