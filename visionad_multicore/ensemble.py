@@ -189,7 +189,7 @@ class MultiCore:
 
     Args:
         preset: Members: a built-in name, a YAML path, a :class:`Preset` or its dict form.
-        backbone: Backbone name shared by all members (``efficientnet_lite0`` offline, ``wide_resnet50_2``).
+        backbone: Backbone name shared by all members (``efficientnet_lite0`` offline, ``wideresnet50``).
         backbone_weights: Optional path to backbone weights (see ``patchcore.backbone.build_backbone``).
         coreset_size: Memory-bank size of every member (a fixed number, not a fraction).
         k: Nearest neighbours averaged in each member's patch score.

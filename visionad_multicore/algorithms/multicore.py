@@ -56,7 +56,7 @@ class WrapperMultiCore(ModelWrapper):
 
     Args:
         preset: ``mc2``, ``mc4``, ``mc8``, a path to a preset YAML, or its dict form.
-        backbone: Shared backbone (``wide_resnet50_2`` as in the paper; ``efficientnet_lite0`` offline).
+        backbone: Shared backbone (``wideresnet50`` as in the paper; ``efficientnet_lite0`` offline).
         backbone_weights: Optional backbone weights file.
         coreset_size: Memory-bank size of every member (fixed number).
         k: Nearest neighbours per patch score.
