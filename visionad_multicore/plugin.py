@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import ast
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from visionad_multicore.atomic import atomic_write_bytes
 
 PLUGIN_ALGORITHMS: tuple[str, ...] = ("multicore", "patchcore_plus")
 REQUIRED_FILES: tuple[str, ...] = ("run.py", "algos/algo_class_list.py", "algos/model_wrapper.py")
@@ -81,20 +82,6 @@ class PluginReport:
 
     def __str__(self) -> str:
         return "\n".join(self.actions)
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    """Replace ``path`` with ``payload`` via a temporary file, keeping the old file's mode (0o644 if new)."""
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_checkout(root: str | os.PathLike[str]) -> Path:
@@ -198,7 +185,7 @@ def install(root: str | os.PathLike[str]) -> PluginReport:
                 f"{shim} exists and was not written by visionad_multicore; move it away first"
             )
     if not shim.exists() or shim.read_bytes() != shim_text.encode("utf-8"):
-        _write_atomic(shim, shim_text.encode("utf-8"))
+        atomic_write_bytes(shim, shim_text.encode("utf-8"))
         report.actions.append(
             f"wrote {shim} (returns {', '.join(PLUGIN_ALGORITHMS)} from visionad_multicore)"
         )
@@ -215,16 +202,16 @@ def install(root: str | os.PathLike[str]) -> PluginReport:
         if "".join(lines[start : end + 1]) != wanted:
             new_text = "".join(lines[:start]) + wanted + "".join(lines[end + 1 :])
             compile(new_text, str(algo_list), "exec")
-            _write_atomic(algo_list, new_text.encode("utf-8"))
+            atomic_write_bytes(algo_list, new_text.encode("utf-8"))
             report.actions.append(f"updated the visionad_multicore block in {algo_list}")
     else:
         index, indent, arg = _insertion_point(text, algo_list)
         block = _block(indent, newline, arg)
         new_text = "".join(lines[:index]) + block + "".join(lines[index:])
         compile(new_text, str(algo_list), "exec")
-        _write_atomic(backup, original)
+        atomic_write_bytes(backup, original)
         report.actions.append(f"backed up {algo_list} to {backup}")
-        _write_atomic(algo_list, new_text.encode("utf-8"))
+        atomic_write_bytes(algo_list, new_text.encode("utf-8"))
         report.actions.append(
             f"added {', '.join(PLUGIN_ALGORITHMS)} to get_algo in {algo_list} (lines {index + 1}-{index + 5}, "
             "between visionad_multicore marker comments)"
@@ -257,7 +244,7 @@ def uninstall(root: str | os.PathLike[str]) -> PluginReport:
     if span is not None:
         start, end = span
         restored = ("".join(lines[:start]) + "".join(lines[end + 1 :])).encode("utf-8")
-        _write_atomic(algo_list, restored)
+        atomic_write_bytes(algo_list, restored)
         report.actions.append(f"removed the visionad_multicore block from {algo_list}")
         if backup.is_file():
             if backup.read_bytes() == restored:

@@ -43,6 +43,7 @@ import yaml
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from visionad_multicore.atomic import atomic_path, atomic_write_text
 from visionad_multicore.ensemble import PredictorSpec, Preset
 from visionad_multicore.patchcore.backbone import build_backbone
 from visionad_multicore.patchcore.predictor import PatchCorePlus
@@ -221,12 +222,6 @@ def _predict(member: PatchCorePlus, maps: _LayerMaps, device: str) -> torch.Tens
     )
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def score_candidates(
     candidates: Sequence[PredictorSpec],
     bank_images: ImageSource,
@@ -325,7 +320,8 @@ def score_candidates(
             results[spec] = maps
             if cache is not None:
                 path = cache / f"{keys[spec]}.npy"
-                _save_atomic(path, maps)
+                with atomic_path(path, suffix=".npy") as tmp:
+                    np.save(tmp, maps)
                 meta = {
                     "format": CACHE_FORMAT,
                     "predictor": spec.to_dict(),
@@ -336,9 +332,7 @@ def score_candidates(
                     "shape": list(maps.shape),
                     "seconds": round(time.perf_counter() - t0, 2),
                 }
-                tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.json")
-                tmp.write_text(json.dumps(meta, indent=1))
-                os.replace(tmp, path.with_suffix(".json"))
+                atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
             log.info(
                 "candidate %d/%d %s scored in %.1f s (norm mean %.4g, std %.4g)",
                 number,

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from visionad_multicore.atomic import atomic_path, atomic_write_text
 from visionad_multicore.ensemble import PRESETS, MultiCore, load_preset
 from visionad_multicore.fusion.train import EpochRecord, HFMTrainConfig
 from visionad_multicore.synthetic.masks import SSAConfig
@@ -43,12 +44,6 @@ STATE_FILE = "multicore.pt"
 HISTORY_FILE = "hfm_history.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class WrapperMultiCore(ModelWrapper):
@@ -259,9 +254,8 @@ class WrapperMultiCore(ModelWrapper):
         """Write ``model_params.json``, ``multicore.pt`` and ``hfm_history.json`` into ``location``."""
         self.save_params(location)
         path = Path(location) / STATE_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.model.state_dict(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(self.model.state_dict(), tmp)
         history = [
             {
                 "epoch": r.epoch,
@@ -275,7 +269,7 @@ class WrapperMultiCore(ModelWrapper):
             }
             for r in self.model.history
         ]
-        _atomic_write_text(Path(location) / HISTORY_FILE, json.dumps(history, indent=1))
+        atomic_write_text(Path(location) / HISTORY_FILE, json.dumps(history, indent=1))
 
     def load_model(self, location: str | os.PathLike[str], **kwargs: Any) -> None:
         """Restore a model written by :meth:`save_model` (works on a fresh instance with no loaders).

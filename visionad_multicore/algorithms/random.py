@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from visionad_multicore.atomic import atomic_path
 from visionad_multicore.visionad.model_wrapper import ModelWrapper
 
 HEATMAP_SIZE = 256
@@ -80,8 +81,8 @@ class WrapperRandom(ModelWrapper):
         """Write ``model_params.json`` and the number of epochs trained to ``location``."""
         self.save_params(location)
         path = os.path.join(location, "state.pt")
-        torch.save({"epochs_trained": self.epochs_trained}, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        with atomic_path(path) as tmp:
+            torch.save({"epochs_trained": self.epochs_trained}, tmp)
 
     def load_model(self, location: str | os.PathLike[str], **kwargs: Any) -> None:
         """Restore parameters and state saved by :meth:`save_model` (works on a fresh instance)."""

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from visionad_multicore.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +156,6 @@ def criterion_for(metric: str):  # type: ignore[no-untyped-def]
     return table[metric]
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the search; print the table; write the preset, table and record. Returns 0."""
     import torch
@@ -239,13 +234,15 @@ def run(args: argparse.Namespace) -> int:
         f" coreset {args.coreset_size}, synthetic set {args.synthetic_size} at {args.size} px from "
         f"{len(fusion_idx)} fusion-share images (bank {len(bank_idx)}), seed {args.seed}; stop: {result.stop_reason}\n"
     )
-    _write_text(out, header + yaml.safe_dump(preset.to_dict(), sort_keys=False, default_flow_style=None))
+    atomic_write_text(
+        out, header + yaml.safe_dump(preset.to_dict(), sort_keys=False, default_flow_style=None)
+    )
     rows = result.table_rows()
     for row, step in zip(rows, result.steps):
         row["predictors"] = "; ".join(selection.spec_label(s) for s in step.predictors)
     markdown = table_to_markdown(rows)
-    _write_text(out.with_suffix(".md"), header.replace("# ", "") + "\n" + markdown)
-    _write_text(out.with_suffix(".csv"), table_to_csv(rows))
+    atomic_write_text(out.with_suffix(".md"), header.replace("# ", "") + "\n" + markdown)
+    atomic_write_text(out.with_suffix(".csv"), table_to_csv(rows))
     record: Mapping[str, object] = {
         "dataset": args.dataset,
         "preset": preset.to_dict(),
@@ -266,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         "seconds_search": round(t_search, 1),
         "seconds_total": round(time.perf_counter() - started, 1),
     }
-    _write_text(out.with_suffix(".json"), json.dumps(record, indent=1, default=str))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=1, default=str))
     print(header + "\n" + markdown)
     print(f"chosen: {[selection.spec_label(s) for s in preset.predictors]} (stop: {result.stop_reason})")
     print(f"scoring {t_score:.1f} s, search {t_search:.1f} s, total {record['seconds_total']} s")

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from visionad_multicore.atomic import atomic_path, atomic_write_text
+
 if TYPE_CHECKING:
     from visionad_multicore.visionad.loaders import ImageDataset
 
@@ -95,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
         preview_figure,
         table_to_csv,
         table_to_markdown,
-        write_text_atomic,
     )
 
     config = SSAConfig(size=args.size, noise_std=args.noise_std, per_channel=args.per_channel)
@@ -123,14 +124,12 @@ def run(args: argparse.Namespace) -> int:
     )
     fig = preview_figure(mask_set, synthetic, source=source)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix or '.png'}")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=out.suffix or ".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     rows = counts_table(mask_set)
     markdown = table_to_markdown(rows)
-    write_text_atomic(out.with_suffix(".md"), markdown)
-    write_text_atomic(out.with_suffix(".csv"), table_to_csv(rows))
+    atomic_write_text(out.with_suffix(".md"), markdown)
+    atomic_write_text(out.with_suffix(".csv"), table_to_csv(rows))
     print(markdown)
     areas = np.array([r["median_area_px"] for r in rows if r["kind"] == "single"])
     print(

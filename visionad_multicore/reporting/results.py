@@ -21,11 +21,12 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from visionad_multicore.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -260,43 +261,11 @@ def find_run_config(epoch: EpochResult) -> Path | None:
     return None
 
 
-def _file_mode(target: Path) -> int:
-    """Mode for a replacement file: the existing file's, else 0o644 (mkstemp's 0o600 would hide results)."""
-    return target.stat().st_mode & 0o7777 if target.exists() else 0o644
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.chmod(tmp, _file_mode(target))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+__all__ = ["atomic_savefig", "atomic_write_bytes", "atomic_write_text"]  # re-exported for reporting
 
 
 def atomic_savefig(figure: Any, path: str | os.PathLike[str], dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG atomically (temporary file, then ``os.replace``)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-        os.chmod(tmp, _file_mode(target))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return Path(path)

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from visionad_multicore.atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 TARGET_SIZE = 256  # VisionAD resizes targets to 256 x 256 before the metrics
@@ -223,15 +225,13 @@ class ModelWrapper(ABC):
             )
         os.makedirs(location, exist_ok=True)
         path = Path(location) / PARAMS_FILE
-        tmp = path.with_name(path.name + ".tmp")
         try:
             text = json.dumps(self.params)
         except TypeError as err:
             raise TypeError(
                 f"{type(self).__name__}.params is not JSON-serialisable ({err}); cannot write {path}"
             ) from err
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
 
     def load_params(self, location: str | os.PathLike[str]) -> dict[str, Any]:
         """Read and return the dict in ``<location>/model_params.json``."""

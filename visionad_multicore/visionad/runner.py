@@ -54,6 +54,8 @@ import torch
 from torchvision import transforms
 from tqdm import tqdm
 
+from visionad_multicore.atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 RESULTS_DIR_ENV = "VISIONAD_RESULTS_DIR"
@@ -311,16 +313,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_atomic(path: Path, write: Callable[[Any], None], binary: bool) -> None:
-    """Write ``path`` through ``write(file)`` into ``path.tmp``, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb" if binary else "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    """Write ``path`` atomically through ``write(file)`` (see :func:`visionad_multicore.atomic.atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w") as f:
+        write(f)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
