@@ -58,6 +58,8 @@ def test_presets_counts_and_names() -> None:
         "demo_brick",
         "dev_mvtec_toothbrush",
         "dev_magnetic_tile",
+        "dev_mvtec3d_tire",
+        "dev_kolektor_sdd",
     ):
         assert key in keys
 
