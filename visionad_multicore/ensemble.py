@@ -24,6 +24,7 @@ mean of the normalised maps (``ensemble_mean``) and every member's own map, so o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,9 @@ from tqdm.auto import tqdm
 from visionad_multicore.fusion.train import EpochRecord, HFMTrainConfig, HFMTrainer, split_train_validation
 from visionad_multicore.fusion.unet import UNet
 from visionad_multicore.patchcore.backbone import build_backbone
-from visionad_multicore.patchcore.distances import check_distance
+from visionad_multicore.patchcore.bank import MemoryBudget
+from visionad_multicore.patchcore.device import check_device
+from visionad_multicore.patchcore.distances import check_backend, check_distance
 from visionad_multicore.patchcore.predictor import PatchCorePlus
 from visionad_multicore.synthetic.dataset import SyntheticAnomalySet, split_bank_fusion
 from visionad_multicore.synthetic.masks import SSAConfig, generate_masks
@@ -203,6 +206,8 @@ class MultiCore:
         batch_size: Images per backbone pass.
         cache_dtype: Dtype of the cached normalised synthetic heatmaps (``"float16"`` or ``"float32"``).
         progress: Show tqdm bars.
+        knn_backend: k-NN search of every member: ``auto`` (faiss when installed, and on a GPU only a faiss
+            GPU build; else chunked torch on ``device``), ``faiss`` or ``torch``.
     """
 
     def __init__(
@@ -221,6 +226,7 @@ class MultiCore:
         batch_size: int = 8,
         cache_dtype: str = "float16",
         progress: bool = True,
+        knn_backend: str = "auto",
     ) -> None:
         self.preset = load_preset(preset)
         if not 0.0 < bank_share < 1.0:
@@ -238,7 +244,8 @@ class MultiCore:
         self.ssa = ssa or SSAConfig()
         self.hfm = hfm or HFMTrainConfig()
         self.seed = int(seed)
-        self.device = str(device)
+        self.device = check_device(str(device))
+        self.knn_backend = check_backend(knn_backend)
         self.batch_size = int(batch_size)
         self.cache_dtype = cache_dtype
         self.progress = progress
@@ -285,12 +292,13 @@ class MultiCore:
             "device": self.device,
             "batch_size": self.batch_size,
             "cache_dtype": self.cache_dtype,
+            "knn_backend": self.knn_backend,
         }
 
     @staticmethod
     def params_from_dict(params: Mapping[str, Any]) -> dict[str, Any]:
         """Turn :meth:`get_params`' output back into constructor arguments."""
-        out = dict(params)
+        out = {"knn_backend": "auto", **params}  # states saved before knn_backend existed
         out["ssa"] = SSAConfig.from_dict(out["ssa"])
         out["hfm"] = HFMTrainConfig.from_dict(out["hfm"])
         return out
@@ -308,6 +316,7 @@ class MultiCore:
             seed=self.seed + index,
             device=self.device,
             progress=self.progress,
+            knn_backend=self.knn_backend,
         )
 
     # ------------------------------------------------------------------ backbone
@@ -385,16 +394,22 @@ class MultiCore:
             len(self.fusion_idx_),
         )
 
-        # 1. memory banks from clean bank-share images, one backbone pass per image for all members
+        # 1. memory banks from clean bank-share images: one backbone pass per batch feeds every member's
+        # streaming bank builder (no backbone maps are kept); the members share one memory budget
         bank_images = train_images[self.bank_idx_]
-        bank_features = [
-            [f.cpu() for f in self._features(bank_images[s : s + self.batch_size])]
-            for s in self._batches(len(bank_images), "Bank features")
-        ]
-        for key, member in zip(self.member_keys, self.members):
-            logger.info("Fitting the memory bank of %s", key)
-            member.fit_features([[f.to(self.device) for f in batch] for batch in bank_features])
-        del bank_features
+        budget = MemoryBudget()
+        with contextlib.ExitStack() as stack:
+            builders = [
+                stack.enter_context(member.bank_builder(len(bank_images), budget, label=f"bank of {key}"))
+                for key, member in zip(self.member_keys, self.members)
+            ]
+            for s in self._batches(len(bank_images), "Bank features"):
+                maps = self._features(bank_images[s : s + self.batch_size])
+                for member, builder in zip(self.members, builders):
+                    member.add_to_bank(builder, maps)
+            for key, member, builder in zip(self.member_keys, self.members, builders):
+                logger.info("Fitting the memory bank of %s", key)
+                member.fit_bank(builder)
 
         # 2. normalisation statistics from the clean fusion-share images
         fusion_images = train_images[self.fusion_idx_]
@@ -477,7 +492,8 @@ class MultiCore:
         """``(B, M, H, W)`` raw member maps -> per-member standardised maps."""
         if self.stats_mean_ is None or self.stats_std_ is None:
             raise RuntimeError("MultiCore is not fitted: call prepare() or load_state_dict() first")
-        return (maps - self.stats_mean_[None, :, None, None]) / self.stats_std_[None, :, None, None]
+        mean = self.stats_mean_.to(maps.device)[None, :, None, None]
+        return (maps - mean) / self.stats_std_.to(maps.device)[None, :, None, None]
 
     # ------------------------------------------------------------------ HFM training
     def train_epoch(self) -> EpochRecord:
@@ -541,11 +557,12 @@ class MultiCore:
                 f"MultiCore.fuse: expected ({len(self.members)} members) maps (B, {len(self.members)}, H, W) and "
                 f"{len(self.members)} score vectors, got {tuple(raw.shape)} and {len(member_scores)}"
             )
-        raw = raw.float().cpu()
-        normalised = self._normalise(raw)
+        raw = raw.float()
+        normalised = self._normalise(raw.to(self.device))  # (B, M, H, W), on the device like the UNet
         self.fusion_.eval()
-        fused = self.fusion_(normalised.to(self.device)).float().cpu()[:, 0]  # (B, H, W)
-        mean = normalised.mean(dim=1)  # (B, H, W)
+        fused = self.fusion_(normalised).float()[:, 0].cpu()  # (B, H, W)
+        mean = normalised.mean(dim=1).cpu()  # (B, H, W)
+        raw = raw.cpu()
         return MultiCoreOutput(
             fused=fused,
             fused_scores=fused.amax(dim=(1, 2)),
@@ -627,9 +644,10 @@ class MultiCore:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"MultiCore.load_state_dict: unsupported state format {state.get('format')!r}")
         saved = MultiCore.params_from_dict(state["params"])
-        saved.pop("device", None)
         mine = MultiCore.params_from_dict(self.get_params())
-        mine.pop("device", None)
+        for how in ("device", "knn_backend"):  # where and how the banks are searched, not what they hold
+            saved.pop(how, None)
+            mine.pop(how, None)
         if saved != mine:
             diff = sorted(k for k in saved if saved[k] != mine.get(k))
             raise ValueError(f"MultiCore.load_state_dict: the state was saved with other parameters ({diff})")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visionad_multicore.patchcore.coreset import greedy_coreset_indices, random_projection
+from visionad_multicore.patchcore.coreset import (
+    coreset_rows,
+    coreset_width,
+    greedy_coreset_indices,
+    random_projection,
+    select_coreset,
+)
 from visionad_multicore.patchcore.distances import DISTANCES, distances_to_point, pairwise_distances
 
 
@@ -69,3 +75,39 @@ def test_k_center_covers_better_than_random() -> None:
     radius = pairwise_distances(proj, proj[idx], "euclidean").min(1).values.max()
     radius_random = pairwise_distances(proj, proj[rand], "euclidean").min(1).values.max()
     assert radius < radius_random
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_lazy_blocks_equal_plain_greedy_over_many_blocks(distance: str) -> None:
+    # 3,000 points = 12 lazily refreshed blocks of 256 (p-norms: the pruned passes) against the plain loop
+    bank = _bank(3000, 64, seed=5)
+    idx = greedy_coreset_indices(bank, 300, distance, progress=False)
+    assert torch.equal(idx, _naive(bank, 300, distance))
+
+
+def test_same_selection_with_one_or_two_threads() -> None:
+    bank = _bank(4000, 64, seed=6)
+    one = greedy_coreset_indices(bank, 400, progress=False, threads=1)
+    two = greedy_coreset_indices(bank, 400, progress=False, threads=2)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_select_coreset_on_prepared_rows(distance: str) -> None:
+    bank = _bank(700, 200, seed=7)
+    rows = coreset_rows(random_projection(bank, 128, 0), distance)
+    assert rows.shape[1] == coreset_width(128, distance)
+    assert torch.equal(
+        select_coreset(rows, 60, distance, progress=False),
+        greedy_coreset_indices(bank, 60, distance, progress=False),
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_gpu_selection_equals_plain_greedy(distance: str) -> None:
+    bank = _bank(3000, 64, seed=5)
+    idx = greedy_coreset_indices(bank.cuda(), 300, distance, progress=False)
+    assert idx.device.type == "cpu"
+    assert torch.equal(idx, _naive(bank, 300, distance))

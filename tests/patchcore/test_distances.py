@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,9 @@ from visionad_multicore.patchcore.distances import (
     NearestNeighbourIndex,
     check_distance,
     faiss_available,
+    faiss_gpu_available,
     pairwise_distances,
+    sort_neighbours,
 )
 
 
@@ -117,3 +120,76 @@ def test_lp_search_modes() -> None:
 def test_lp_search_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         NearestNeighbourIndex(torch.zeros(3, 2), "minkowski3", **kwargs)
+
+
+class _ShuffledPairs:
+    """Wraps a faiss index: returns each query's k (distance, index) pairs in a scrambled column order."""
+
+    def __init__(self, index: object) -> None:
+        self.index = index
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        d, i = self.index.search(x, k)  # type: ignore[attr-defined]
+        order = np.random.default_rng(0).permutation(k)
+        return d[:, order], i[:, order]
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_k_above_one_sorted_and_paired_whatever_order_faiss_returns(distance: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    bank, queries = torch.randn(300, 16, generator=gen), torch.randn(50, 16, generator=gen)
+    index = NearestNeighbourIndex(bank, distance, "faiss", lp_search="exact")
+    index._index = _ShuffledPairs(index._index)
+    out = index.search(queries, 6)
+    assert bool((out.distances[:, 1:] >= out.distances[:, :-1]).all())
+    true = torch.stack(
+        [pairwise_distances(queries[i : i + 1], bank, distance)[0, out.indices[i]] for i in range(50)]
+    )
+    torch.testing.assert_close(out.distances, true, rtol=1e-4, atol=1e-5)  # each distance is its index's
+    ref = NearestNeighbourIndex(bank, distance, "torch", lp_search="exact").search(queries, 6)
+    torch.testing.assert_close(out.distances, ref.distances, rtol=1e-4, atol=1e-5)
+
+
+def test_sort_neighbours_keeps_pairs() -> None:
+    dist = torch.tensor([[3.0, 1.0, 2.0], [0.0, 0.5, 0.7]])
+    idx = torch.tensor([[30, 10, 20], [0, 5, 7]])
+    d, i = sort_neighbours(dist, idx)
+    assert torch.equal(d, torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.5, 0.7]]))
+    assert torch.equal(i, torch.tensor([[10, 20, 30], [0, 5, 7]]))
+
+
+def test_exact_euclidean_returns_the_reordered_indices() -> None:
+    bank = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    index = NearestNeighbourIndex(bank, "euclidean", "torch")
+    dist, idx = index._exact_euclidean(torch.tensor([[0.1]]), torch.tensor([[3, 0, 2, 1]]))
+    assert torch.equal(idx, torch.tensor([[0, 1, 2, 3]]))
+    torch.testing.assert_close(dist, torch.tensor([[0.1, 0.9, 1.9, 2.9]]))
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@CUDA
+@pytest.mark.parametrize("backend", ["auto", "torch", "faiss"])
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_gpu_search_true_sorted_distances(backend: Backend, distance: str) -> None:
+    if backend == "faiss" and not faiss_available():
+        pytest.skip("faiss not installed")
+    gen = torch.Generator().manual_seed(4)
+    bank, queries = torch.randn(2000, 64, generator=gen), torch.randn(300, 64, generator=gen)
+    gpu = NearestNeighbourIndex(bank, distance, backend, "cuda", lp_search="exact").search(queries.cuda(), 5)
+    cpu = NearestNeighbourIndex(bank, distance, "torch", "cpu", lp_search="exact").search(queries, 5)
+    assert gpu.distances.device.type == "cuda" and gpu.indices.device.type == "cuda"
+    torch.testing.assert_close(gpu.distances.cpu(), cpu.distances, rtol=1e-4, atol=1e-4)
+    assert (gpu.indices.cpu() == cpu.indices).float().mean() > 0.99
+    assert bool((gpu.distances[:, 1:] >= gpu.distances[:, :-1]).all())
+
+
+@pytest.mark.cuda
+@CUDA
+def test_gpu_backend_choice() -> None:
+    bank = torch.randn(100, 8)
+    index = NearestNeighbourIndex(bank, "euclidean", "auto", "cuda")
+    assert index.backend == ("faiss" if faiss_gpu_available() else "torch")

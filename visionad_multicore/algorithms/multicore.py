@@ -74,6 +74,8 @@ class WrapperMultiCore(ModelWrapper):
         device: Torch device (VisionAD's runner sets it).
         wandb: Log HFM epochs to an active wandb run (VisionAD's runner sets it).
         progress: Show progress bars.
+        knn_backend: k-NN search of the members (``auto``, ``faiss``, ``torch``; see
+            :class:`~visionad_multicore.ensemble.MultiCore`).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class WrapperMultiCore(ModelWrapper):
         device: str = "cpu",
         wandb: bool = False,
         progress: bool = True,
+        knn_backend: str = "auto",
     ) -> None:
         super().__init__()
         resolved = load_preset(preset)
@@ -165,6 +168,7 @@ class WrapperMultiCore(ModelWrapper):
             "device": str(device),
             "wandb": bool(wandb),
             "progress": bool(progress),
+            "knn_backend": knn_backend,
         }
         self.wandb = bool(wandb)
         self.progress = bool(progress)
@@ -183,6 +187,7 @@ class WrapperMultiCore(ModelWrapper):
             batch_size=feature_batch_size,
             cache_dtype=cache_dtype,
             progress=progress,
+            knn_backend=knn_backend,
         )
         self._loaded = False
 

@@ -31,7 +31,8 @@ class WrapperPatchCorePlus(ModelWrapper):
 
     Args:
         patch_size, stride, distance, coreset_size, k, backbone, backbone_weights, feature_dim, projection_dim,
-        knn_backend, lp_search, lp_shortlist, sigma, seed: as :class:`PatchCorePlus`.
+        knn_backend, lp_search, lp_shortlist, sigma, seed, bank_dtype, bank_storage, bank_dir, memory_limit_gb:
+        as :class:`PatchCorePlus`.
         heatmap_size: side of the square heatmaps returned (VisionAD scores 256 x 256 maps); ``None`` keeps
             the input size.
         input_mean, input_std: normalisation of the loader's images; ``None`` takes the training dataset's
@@ -63,6 +64,10 @@ class WrapperPatchCorePlus(ModelWrapper):
         device: str = "cpu",
         wandb: bool = False,
         progress: bool = True,
+        bank_dtype: str = "float32",
+        bank_storage: str = "auto",
+        bank_dir: str | None = None,
+        memory_limit_gb: float | None = None,
     ) -> None:
         super().__init__()
         self.params = {
@@ -86,6 +91,10 @@ class WrapperPatchCorePlus(ModelWrapper):
             "device": str(device),
             "wandb": bool(wandb),
             "progress": bool(progress),
+            "bank_dtype": bank_dtype,
+            "bank_storage": bank_storage,
+            "bank_dir": bank_dir,
+            "memory_limit_gb": memory_limit_gb,
         }
         # validate now (unknown distance, bad sizes), before any data is seen
         self.predictor = self._make_predictor(input_mean or IMAGENET_MEAN, input_std or IMAGENET_STD)
@@ -121,7 +130,8 @@ class WrapperPatchCorePlus(ModelWrapper):
             )
         mean, std = self._loader_stats()
         self.predictor = self._make_predictor(mean, std)
-        self.predictor.fit(images for images, _paths, _info in self.dataloader_train)
+        n_images = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+        self.predictor.fit((images for images, _paths, _info in self.dataloader_train), n_images)
 
     def eval_outputs_dataloader(self, dataloader: Iterator, len_dataloader: int) -> tuple[dict, dict]:
         """Heatmaps and scores of every image the generator yields.

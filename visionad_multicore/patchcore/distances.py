@@ -75,6 +75,42 @@ def faiss_available() -> bool:
     return True
 
 
+def faiss_gpu_available() -> bool:
+    """Whether the installed ``faiss`` is a GPU build that sees at least one GPU (``pip install faiss-gpu``)."""
+    try:
+        import faiss
+    except ImportError:
+        return False
+    return hasattr(faiss, "StandardGpuResources") and int(faiss.get_num_gpus()) > 0
+
+
+_GPU_RESOURCES: dict[int, Any] = {}
+
+
+def faiss_gpu_resources(device_index: int = 0) -> Any:
+    """The process's one ``faiss.StandardGpuResources`` for a GPU, shared by every index (made on first use).
+
+    Each ``StandardGpuResources`` reserves its own scratch memory and streams; one per GPU serves all the
+    members of an ensemble.
+    """
+    if device_index not in _GPU_RESOURCES:
+        import faiss
+
+        _GPU_RESOURCES[device_index] = faiss.StandardGpuResources()
+    return _GPU_RESOURCES[device_index]
+
+
+def sort_neighbours(dist: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row of (Q, k) distances ascending and reorder its indices the same way (stable).
+
+    Every backend's result goes through here, so distances and indices stay paired and ascending for any k.
+    """
+    if dist.shape[1] < 2 or bool((dist[:, 1:] >= dist[:, :-1]).all()):
+        return dist, idx
+    dist, order = torch.sort(dist, dim=1, stable=True)
+    return dist, torch.gather(idx.to(order.device), 1, order)
+
+
 def distances_to_point(points: torch.Tensor, centre: torch.Tensor, distance: str) -> torch.Tensor:
     """Distances from every row of ``points`` to one ``centre``.
 
@@ -142,6 +178,12 @@ class NearestNeighbourIndex:
     * ``"auto"`` (default): ``"shortlist"`` for ``minkowski3`` (exact L3 search is ~300x slower than L2) and
       ``"exact"`` for ``manhattan`` (faiss' L1 search is fast enough). Ignored by euclidean and cosine.
 
+    On a CUDA ``device`` the ``auto`` backend is faiss only when faiss is a GPU build (``pip install
+    faiss-gpu``, see the README), whose indices share one ``StandardGpuResources`` per GPU
+    (:func:`faiss_gpu_resources`); otherwise the search is chunked torch on the device. An explicit
+    ``backend="faiss"`` with a CPU-only faiss searches on the CPU (with a warning). Distances are true
+    distances and ascending, indices paired with them, for any k (:func:`sort_neighbours`).
+
     Measured with ``benchmarks/bench_knn.py`` (one CPU thread, shared machine) on efficientnet_lite0 patch
     features of mvtec_toothbrush (1024-d, p = 1, s = 1, 256 px; bank: the predictor's greedy coreset of the
     49,152 training patches; 1,000 patches of 5 test images as queries): recall@1 of the exact L3 nearest
@@ -185,7 +227,15 @@ class NearestNeighbourIndex:
             raise ImportError("knn_backend='faiss' but faiss is not installed; pip install faiss-cpu")
         self.distance = distance
         self.device = torch.device(device)
-        self.backend = "faiss" if backend == "faiss" or (backend == "auto" and faiss_available()) else "torch"
+        on_gpu = self.device.type == "cuda"
+        auto_faiss = faiss_available() and (not on_gpu or faiss_gpu_available())
+        self.backend = "faiss" if backend == "faiss" or (backend == "auto" and auto_faiss) else "torch"
+        if self.backend == "faiss" and on_gpu and not faiss_gpu_available():
+            logger.warning(
+                "knn_backend='faiss' on %s but faiss has no GPU support here: the search runs on the CPU "
+                "(install the [gpu] extra, or use knn_backend='torch' / 'auto' to search on the GPU)",
+                self.device,
+            )
         self.chunk_bytes = chunk_bytes
         self.lp_search = lp_search
         self.lp_shortlist = lp_shortlist
@@ -218,12 +268,11 @@ class NearestNeighbourIndex:
             "minkowski3": faiss.METRIC_Lp,
             "manhattan": faiss.METRIC_L1,
         }[self._search_metric]
-        use_gpu = self.device.type == "cuda" and hasattr(faiss, "StandardGpuResources")
+        use_gpu = self.device.type == "cuda" and faiss_gpu_available()
         if use_gpu:
-            self._gpu_resources = faiss.StandardGpuResources()
             config = faiss.GpuIndexFlatConfig()
             config.device = self.device.index or 0
-            index: Any = faiss.GpuIndexFlat(self._gpu_resources, d, metric, config)
+            index: Any = faiss.GpuIndexFlat(faiss_gpu_resources(config.device), d, metric, config)
         else:
             index = faiss.IndexFlat(d, metric)
         if self._search_metric == "minkowski3":
@@ -262,11 +311,12 @@ class NearestNeighbourIndex:
             dist = torch.from_numpy(d)
             idx = torch.from_numpy(i).long()
             if self.distance == "euclidean":
-                dist = self._exact_euclidean(queries, idx)  # faiss L2 is squared (and see below)
+                dist, idx = self._exact_euclidean(queries, idx)  # faiss L2 is squared (and see below)
             elif self.distance == "minkowski3":
                 dist = dist.clamp_min_(0.0).pow_(1.0 / 3.0)  # faiss Lp returns sum |d|^p
             elif self.distance == "cosine":
                 dist = (1.0 - dist).clamp_min_(0.0)  # inner product of unit vectors = cosine similarity
+            dist, idx = sort_neighbours(dist, idx.to(dist.device))
             return KNNResult(dist.to(out_device), idx.to(out_device))
         queries = queries.to(self.device)
         rows = max(1, self.chunk_bytes // (4 * self.size))
@@ -278,7 +328,8 @@ class NearestNeighbourIndex:
             idxs.append(i)
         dist, idx = torch.cat(dists), torch.cat(idxs)
         if self.distance == "euclidean":
-            dist = self._exact_euclidean(queries, idx)
+            dist, idx = self._exact_euclidean(queries, idx)
+        dist, idx = sort_neighbours(dist, idx)
         return KNNResult(dist.to(out_device), idx.to(out_device))
 
     def _shortlist_search(self, queries: torch.Tensor, k: int, out_device: torch.device) -> KNNResult:
@@ -323,15 +374,21 @@ class NearestNeighbourIndex:
             d, order = torch.topk(d, k, dim=1, largest=False, sorted=True)  # (r, k)
             dists.append(d)
             idxs.append(torch.gather(c, 1, order))
-        return KNNResult(torch.cat(dists).to(out_device), torch.cat(idxs).to(out_device))
+        dist, idx = sort_neighbours(torch.cat(dists), torch.cat(idxs))
+        return KNNResult(dist.to(out_device), idx.to(out_device))
 
-    def _exact_euclidean(self, queries: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _exact_euclidean(self, queries: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Recompute the found neighbours' distances as ||q - b||: the |q|^2 + |b|^2 - 2 q.b form of faiss
         and cdist loses about sqrt(eps) * |q| to cancellation, a noise floor of ~0.1 on 1024-d features of
         norm ~150, which would hide the zero distance of a patch that is in the bank.
 
         Args:
-            queries: (Q, D); idx: (Q, k) neighbour indices. Returns (Q, k) float32 distances, ascending.
+            queries: (Q, D); idx: (Q, k) neighbour indices (any device).
+
+        Returns:
+            (Q, k) float32 distances, ascending, and the indices re-ordered with them, on the bank's device.
+            (The indices are returned, not re-ordered in place: moving them to the bank's device makes a
+            copy, and sorting that copy alone left a GPU search with unsorted indices beside sorted distances.)
         """
         bank = self._bank
         queries = queries.to(bank.device)
@@ -345,8 +402,8 @@ class NearestNeighbourIndex:
             out[start : start + rows] = (nb - q.unsqueeze(1)).norm(dim=2)
         if k > 1:  # re-sort: exact values may swap near-ties
             out, order = out.sort(dim=1)
-            idx.copy_(torch.gather(idx, 1, order))
-        return out
+            idx = torch.gather(idx, 1, order)
+        return out, idx
 
     def _block_distances(self, queries: torch.Tensor) -> torch.Tensor:
         if self.distance == "cosine":  # both sides already unit length

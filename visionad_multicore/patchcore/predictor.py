@@ -24,7 +24,8 @@ from visionad_multicore.patchcore.backbone import (
     FeatureExtractor,
     build_backbone,
 )
-from visionad_multicore.patchcore.coreset import greedy_coreset_indices
+from visionad_multicore.patchcore.bank import BankBuilder, MemoryBudget, check_bank_settings
+from visionad_multicore.patchcore.device import check_device
 from visionad_multicore.patchcore.distances import (
     DEFAULT_LP_SHORTLIST,
     NearestNeighbourIndex,
@@ -111,6 +112,16 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.
     return x.squeeze(1)
 
 
+def _count_images(images: Iterable[torch.Tensor]) -> int | None:
+    """Images in a list / tuple of batches or a ``DataLoader`` over a sized dataset, else None (unknown)."""
+    if isinstance(images, (list, tuple)) and all(isinstance(b, torch.Tensor) for b in images):
+        return sum(int(b.shape[0]) for b in images) or None
+    dataset = getattr(images, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__len__") and not getattr(images, "drop_last", False):
+        return len(dataset) or None
+    return None
+
+
 class PatchCorePlus:
     """Patchcore+ predictor: patch features, a fixed-size coreset memory bank, k-NN distance scoring.
 
@@ -134,6 +145,10 @@ class PatchCorePlus:
             ``minkowski3``, exact for ``manhattan``), ``shortlist`` or ``exact``; see
             :class:`~visionad_multicore.patchcore.distances.NearestNeighbourIndex`.
         lp_shortlist: L2 candidates re-ranked per query in shortlist mode.
+        bank_dtype, bank_storage, bank_dir, memory_limit_gb: how :meth:`fit` holds the full bank while the
+            coreset is chosen (see :class:`~visionad_multicore.patchcore.bank.BankBuilder`): ``float32`` or
+            ``float16``; ``auto`` (memory when it fits the budget, else a file in ``bank_dir``), ``memory`` or
+            ``disk``; the RAM budget in GB (default: half the available memory).
     """
 
     def __init__(
@@ -156,6 +171,10 @@ class PatchCorePlus:
         progress: bool = True,
         lp_search: str = "auto",
         lp_shortlist: int = DEFAULT_LP_SHORTLIST,
+        bank_dtype: str = "float32",
+        bank_storage: str = "auto",
+        bank_dir: str | None = None,
+        memory_limit_gb: float | None = None,
     ) -> None:
         for name, value in (
             ("patch_size", patch_size),
@@ -187,11 +206,14 @@ class PatchCorePlus:
         self.knn_backend = check_backend(knn_backend)
         self.sigma = float(sigma)
         self.seed = seed
-        self.device = device
+        self.device = check_device(device)
         self.input_mean = tuple(float(v) for v in input_mean)
         self.input_std = tuple(float(v) for v in input_std)
         self.progress = progress
         self.lp_search, self.lp_shortlist = check_lp_search(lp_search, lp_shortlist)
+        check_bank_settings(bank_dtype, bank_storage, memory_limit_gb)
+        self.bank_dtype, self.bank_storage = bank_dtype, bank_storage
+        self.bank_dir, self.memory_limit_gb = bank_dir, memory_limit_gb
         self._extractor: FeatureExtractor | None = None
         self._index: NearestNeighbourIndex | None = None
         # wall seconds per stage, accumulated: features (backbone + patches), coreset, index, backbone,
@@ -225,6 +247,10 @@ class PatchCorePlus:
             "progress": self.progress,
             "lp_search": self.lp_search,
             "lp_shortlist": self.lp_shortlist,
+            "bank_dtype": self.bank_dtype,
+            "bank_storage": self.bank_storage,
+            "bank_dir": self.bank_dir,
+            "memory_limit_gb": self.memory_limit_gb,
         }
 
     @property
@@ -253,53 +279,80 @@ class PatchCorePlus:
             [m.to(self.device) for m in layer_maps], self.patch_size, self.stride, self.feature_dim
         )
 
-    def fit(self, images: Iterable[torch.Tensor]) -> PatchCorePlus:
+    def fit(self, images: Iterable[torch.Tensor], n_images: int | None = None) -> PatchCorePlus:
         """Build the memory bank from nominal images.
 
         Args:
             images: iterable of (B, 3, H, W) batches normalised with ``input_mean`` / ``input_std``.
+            n_images: number of images, when known (a list of batches or a ``DataLoader`` over a sized
+                dataset is counted); lets the bank be estimated and allocated before the first batch is stored.
 
         Returns:
             self.
         """
+        if n_images is None:
+            n_images = _count_images(images)
         extractor = self.extractor
-        return self.fit_features(extractor(batch) for batch in images)
+        return self.fit_features((extractor(batch) for batch in images), n_images)
 
     @torch.no_grad()
-    def fit_features(self, layer_maps_batches: Iterable[list[torch.Tensor]]) -> PatchCorePlus:
-        """Build the memory bank from precomputed backbone maps.
+    def fit_features(
+        self, layer_maps_batches: Iterable[list[torch.Tensor]], n_images: int | None = None
+    ) -> PatchCorePlus:
+        """Build the memory bank from precomputed backbone maps, streaming them into a :class:`BankBuilder`.
 
         Args:
             layer_maps_batches: iterable of [(B, C2, H2, W2), (B, C3, H3, W3)] per batch.
+            n_images: number of images the batches hold, when known (see :meth:`fit`).
 
         Returns:
-            self, with ``memory_bank_`` (M, feature_dim) float32, ``coreset_indices_`` (M,),
+            self, with ``memory_bank_`` (M, D) float32 (D the patch-vector width), ``coreset_indices_`` (M,),
             ``n_patches_seen_`` and ``patch_grid_`` set.
         """
-        chunks = []
-        grid: tuple[int, int] | None = None
         start = time.perf_counter()
-        for maps in tqdm(layer_maps_batches, desc="features", disable=not self.progress, leave=False):
-            feats, grid = self.embed(maps)
-            chunks.append(feats.cpu())
-        if not chunks:
-            raise ValueError("fit received no training batches")
-        bank = torch.cat(chunks)  # (N, feature_dim)
-        del chunks
-        start = self._tick("features", start)
-        idx = greedy_coreset_indices(
-            bank,
-            self.coreset_size,
+        with self.bank_builder(n_images) as builder:
+            for maps in tqdm(layer_maps_batches, desc="features", disable=not self.progress, leave=False):
+                self.add_to_bank(builder, maps)
+            self._tick("features", start)
+            return self.fit_bank(builder)
+
+    def bank_builder(
+        self, n_images: int | None = None, budget: MemoryBudget | None = None, label: str = "memory bank"
+    ) -> BankBuilder:
+        """A :class:`~visionad_multicore.patchcore.bank.BankBuilder` with this predictor's settings.
+
+        An ensemble feeds several builders from one backbone pass (:meth:`add_to_bank`), sharing one
+        ``budget``, then calls :meth:`fit_bank` on each.
+        """
+        return BankBuilder(
             self.distance,
+            self.coreset_size,
             self.projection_dim,
             self.seed,
-            device=self.device,
-            progress=self.progress,
+            self.device,
+            self.bank_dtype,
+            self.bank_storage,
+            self.bank_dir,
+            budget if budget is not None else MemoryBudget(self.memory_limit_gb),
+            n_images,
+            self.progress,
+            label,
         )
-        self.n_patches_seen_ = int(bank.shape[0])
-        self.coreset_indices_ = idx
-        self.patch_grid_ = grid
-        self.memory_bank_ = bank[idx].contiguous()
+
+    @torch.no_grad()
+    def add_to_bank(self, builder: BankBuilder, layer_maps: list[torch.Tensor]) -> None:
+        """Embed one batch of backbone maps and stream its patch vectors into ``builder``."""
+        feats, grid = self.embed(layer_maps)
+        builder.add(feats, grid)
+
+    def fit_bank(self, builder: BankBuilder) -> PatchCorePlus:
+        """Choose the coreset of a filled ``builder``, keep its vectors as ``memory_bank_`` and build the index."""
+        start = time.perf_counter()
+        built = builder.finish()
+        self.n_patches_seen_ = built.n_seen
+        self.coreset_indices_ = built.indices
+        self.patch_grid_ = built.grid
+        self.memory_bank_ = built.bank
         start = self._tick("coreset", start)
         logger.info("memory bank: %d of %d patches", self.memory_bank_.shape[0], self.n_patches_seen_)
         self._build_index()
@@ -424,8 +477,19 @@ class PatchCorePlus:
         if state.get("format") != "visionad_multicore.PatchCorePlus/1":
             raise ValueError(f"not a PatchCorePlus state (format {state.get('format')!r})")
         mine, theirs = self.get_params(), state["params"]
-        # how the bank is searched, not what it holds (states saved before lp_search existed load too)
-        ignore = {"device", "progress", "knn_backend", "lp_search", "lp_shortlist"}
+        # how the bank is searched or was held while building, not what it holds (states saved before
+        # these settings existed load too: a missing bank_dtype was float32)
+        ignore = {
+            "device",
+            "progress",
+            "knn_backend",
+            "lp_search",
+            "lp_shortlist",
+            "bank_storage",
+            "bank_dir",
+            "memory_limit_gb",
+        }
+        theirs = {"bank_dtype": "float32", **theirs}
         diff = {k for k in mine if k not in ignore and mine[k] != theirs.get(k)}
         if diff:
             raise ValueError(f"state was saved with different parameters: {sorted(diff)}")
