@@ -101,7 +101,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             images = torch.stack([dataset[i][0] for i in range(len(dataset))])
             start = time.perf_counter()
             mc = MultiCore(
-                "mc2", coreset_size=1000, feature_dim=256, hfm=HFMTrainConfig(synthetic_size=16), progress=False
+                "mc2",
+                coreset_size=1000,
+                feature_dim=256,
+                hfm=HFMTrainConfig(synthetic_size=16),
+                progress=False,
             ).prepare(images, dataset.mean, dataset.std)
             raw, _ = mc.member_maps(torch.cat(regular + list(novel)))
             entry = {
@@ -136,7 +140,9 @@ def compare(before: Path, after: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", nargs="+", default=["dev_mvtec_toothbrush"])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--multicore", action="store_true", help="also prepare MC2 and fingerprint its banks")

@@ -111,3 +111,21 @@ def test_gpu_selection_equals_plain_greedy(distance: str) -> None:
     idx = greedy_coreset_indices(bank.cuda(), 300, distance, progress=False)
     assert idx.device.type == "cpu"
     assert torch.equal(idx, _naive(bank, 300, distance))
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("algorithm", ["pruned", "dense"])
+def test_every_algorithm_equals_plain_greedy(distance: str, algorithm: str) -> None:
+    # "dense" is the GPU's algorithm; it runs on the CPU too, so its logic is checked here without a GPU
+    bank = _bank(1500, 64, seed=8)
+    rows = coreset_rows(random_projection(bank, 128, 0), distance)
+    idx = select_coreset(rows, 150, distance, progress=False, algorithm=algorithm)
+    assert torch.equal(idx, _naive(bank, 150, distance))
+
+
+def test_algorithm_errors() -> None:
+    rows = coreset_rows(torch.randn(50, 8), "manhattan")
+    with pytest.raises(ValueError, match="known: auto, lazy, pruned, dense"):
+        select_coreset(rows, 5, "manhattan", algorithm="fast")
+    with pytest.raises(ValueError, match="lazy coreset algorithm needs euclidean or cosine"):
+        select_coreset(rows, 5, "manhattan", algorithm="lazy")

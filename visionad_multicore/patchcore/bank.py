@@ -424,7 +424,7 @@ class BankBuilder:
             return
         what = "the coreset rows" if self.storage == "disk" else "the bank and its coreset rows"
         raise MemoryError(
-            f"{self.label}: after {self.count:,} patches {what} hold {_size((held + rows + staging))}, over "
+            f"{self.label}: after {self.count:,} patches {what} hold {_size(held + rows + staging)}, over "
             f"the memory budget {self.budget.describe()}. Set bank_storage='disk' or 'auto', "
             f"bank_dtype='float16', raise memory_limit_gb, or fit on fewer images or a larger patch stride."
         )

@@ -5,26 +5,28 @@ dimensions by a seeded Gaussian matrix (PatchCore's "approximate greedy coreset"
 distance. It keeps each point's distance to its nearest selected centre (``min_dist``); every step picks the
 point with the largest ``min_dist`` (the first on ties) as the new centre and lowers the ``min_dist`` of the
 points closer to it. Every algorithm below returns that greedy selection; they differ in how much work a step
-costs, and, through floating-point rounding, may order two points whose distances tie to the last bits the
-other way round (a plain loop does the same: on 20,000 clustered points to 2,000 the three agree on the set
-and swap such a pair at step ~460-600).
+costs and in how they compute the same distances (a matrix product, a matrix-vector product, a difference),
+so two points whose distances tie to the last bits may come out in the other order (a plain loop does the
+same: on 20,000 clustered points to 2,000 the three agree on the set and swap one such pair, at step 464 or
+600).
 
-**Euclidean and cosine on the CPU: lazily refreshed blocks.** Triangle-inequality pruning (skip x when
-d(x, own centre) <= d(c, own centre) / 2) saves little on real patch features: on 100,000 projected
-EfficientNet-Lite0 patch features about half the points stay candidates at every step up to 2,000 centres,
-so each step is a memory-bound pass over the (N, 129) bank. Instead the points are cut into blocks of 256;
-``min_dist`` of a block is exact for the centres it has seen, and ``block_max``, its largest value, bounds
-its members' true distances from above. A step refreshes the block with the largest bound against all the
-centres it has not seen, in one matrix product (compute-bound, threaded by torch), until that block is
+**Euclidean and cosine on the CPU: lazily refreshed blocks** (``algorithm="lazy"``). Triangle-inequality
+pruning (skip x when d(x, own centre) <= d(c, own centre) / 2) saves little on real patch features: on
+100,000 projected EfficientNet-Lite0 patch features about half the points stay candidates at every step up
+to 2,000 centres, so each step is a memory-bound pass over the (N, 129) rows. Instead the points are cut
+into blocks of 256; ``min_dist`` of a block is exact for the centres it has seen, and ``block_max``, its
+largest value, bounds its members' true distances from above. A step refreshes the block with the largest
+bound against all the centres it has not seen, in one matrix product (compute-bound), until that block is
 fresh; its farthest point is then the farthest point of all. Blocks far from the new centres are refreshed
-rarely and in large batches: measured 400,000 -> 5,000 in 60 s against 542 s for the pruned per-step passes
-(one thread, loaded machine). Memory: the rows, a few (N,) vectors, a bounded (256 x 4,096) product.
+rarely and in large batches. ``benchmarks/bench_scale.py --compare_coreset`` times it against the pruned
+passes; the README quotes the figures. One thread by default: on the shared 2-core machine two threads were
+slower (thread hand-offs on an oversubscribed CPU); ``threads`` gives more.
 
-**p-norms on the CPU: per-step passes with triangle-inequality pruning** (a p-norm has no matrix-product
-form, so batching buys nothing): points within R / 2 of their centre, or within half the distance between
-their centre and the new one, are skipped. **GPU: one pass per step** over the bank on the device (a
-matrix-vector product for euclidean / cosine, chunked for the p-norms), with no host synchronisation in the
-loop; 25,000 steps over 4.2 M x 129 float32 values read about 54 TB, seconds of a data-centre GPU's bandwidth.
+**p-norms on the CPU: per-step passes with triangle-inequality pruning** (``algorithm="pruned"``, the only
+algorithm before issue 14, kept bit for bit): a p-norm has no matrix-product form, so batching buys nothing.
+**GPU: one pass per step** (``algorithm="dense"``) over the rows on the device (a matrix-vector product for
+euclidean / cosine, chunked for the p-norms), with no host synchronisation in the loop; 25,000 steps over
+4.2 M x 129 float32 values read about 54 TB, seconds of a data-centre GPU's bandwidth.
 
 Cosine distance is not a metric, but on unit vectors 1 - cos = ||a - b||^2 / 2, a monotone function of the
 euclidean distance, so greedy farthest-point selection in cosine distance equals selection in euclidean
@@ -50,7 +52,8 @@ logger = logging.getLogger(__name__)
 PROJECTION_CHUNK_ROWS = 65_536  # rows projected at a time (the streaming builder keeps the same blocks)
 _BLOCK_ROWS = 256  # points per lazily refreshed block of the CPU selection
 _CENTRES_PER_PRODUCT = 4096  # centres per (block x centres) product: bounded temporaries
-_LP_CHUNK_ROWS = 65_536  # rows of one p-norm distance pass (a (rows, d) temporary)
+_LP_CHUNK_ROWS = 65_536  # rows of one p-norm distance pass on the CPU (a (rows, d) temporary)
+_LP_CHUNK_ROWS_GPU = 1_048_576  # on a GPU: fewer kernel launches per step (a 0.5 GB temporary at d = 128)
 
 
 def projection_matrix(in_dim: int, dim: int = 128, seed: int = 0) -> torch.Tensor:
@@ -134,7 +137,7 @@ def greedy_coreset_indices(
         seed: seeds the projection and the first centre.
         device: device of the selection; default ``features.device``.
         progress: show a tqdm bar.
-        threads: CPU threads of the selection (default: torch's current setting).
+        threads: CPU threads of the selection (default 1, see :func:`select_coreset`).
 
     Returns:
         (min(N, size),) int64 tensor of distinct indices into ``features``, in selection order.
@@ -155,6 +158,9 @@ def greedy_coreset_indices(
     return select_coreset(rows, size, distance, seed, progress, threads)
 
 
+CORESET_ALGORITHMS: tuple[str, ...] = ("auto", "lazy", "pruned", "dense")
+
+
 def select_coreset(
     rows: torch.Tensor,
     size: int,
@@ -162,6 +168,7 @@ def select_coreset(
     seed: int = 0,
     progress: bool = True,
     threads: int | None = None,
+    algorithm: str = "auto",
 ) -> torch.Tensor:
     """Greedy k-center selection on prepared rows (:func:`coreset_rows` of the projected bank).
 
@@ -171,24 +178,37 @@ def select_coreset(
         distance: the predictor's distance.
         seed: the first centre is drawn with ``seed + 1``.
         progress: show a tqdm bar.
-        threads: CPU threads (default: torch's current setting); ignored on a GPU.
+        threads: CPU threads (default 1: on the shared 2-core machine this was measured on, two threads made
+            the 4.2 M-point selection slower, not faster; give more on an idle many-core machine); ignored on
+            a GPU.
+        algorithm: ``auto`` (the module docstring's choice), or ``lazy`` (euclidean / cosine, CPU),
+            ``pruned`` (CPU) or ``dense`` (any device) to compare them.
 
     Returns:
         (min(N, size),) int64 CPU tensor of distinct indices, in selection order.
     """
     check_distance(distance)
+    if algorithm not in CORESET_ALGORITHMS:
+        raise ValueError(f"unknown coreset algorithm {algorithm!r}; known: {', '.join(CORESET_ALGORITHMS)}")
     if size < 1:
         raise ValueError(f"coreset size must be >= 1, got {size}")
     n = rows.shape[0]
     if n <= size:
         return torch.arange(n, dtype=torch.long)
     metric = "euclidean" if distance == "cosine" else distance  # see the module docstring
-    if rows.device.type == "cpu":
-        with _cpu_threads(threads):
-            if metric == "euclidean":
-                return _lazy_greedy(rows, size, seed, progress)
+    if algorithm == "auto":
+        cpu = rows.device.type == "cpu"
+        algorithm = "dense" if not cpu else "lazy" if metric == "euclidean" else "pruned"
+    if algorithm == "lazy" and metric != "euclidean":
+        raise ValueError(f"the lazy coreset algorithm needs euclidean or cosine, not {distance}")
+    if algorithm != "dense" and rows.device.type != "cpu":
+        raise ValueError(f"the {algorithm} coreset algorithm runs on the CPU; rows are on {rows.device}")
+    with _cpu_threads(1 if threads is None else threads):
+        if algorithm == "lazy":
+            return _lazy_greedy(rows, size, seed, progress)
+        if algorithm == "pruned":
             return _pruned_greedy(rows, size, metric, seed, progress)
-    return _greedy_dense_device(rows, size, metric, seed, progress)
+        return _greedy_dense_device(rows, size, metric, seed, progress)
 
 
 def _first_centre(n: int, seed: int) -> int:
@@ -196,11 +216,10 @@ def _first_centre(n: int, seed: int) -> int:
 
 
 @contextlib.contextmanager
-def _cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` torch threads (None: unchanged), then restore the setting."""
+def _cpu_threads(threads: int) -> Iterator[None]:
+    """Run with ``threads`` torch threads, then restore the setting."""
     before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, threads))
     try:
         yield
     finally:
@@ -221,6 +240,7 @@ class _Metric:
         self.metric = metric
         self.squared = metric == "euclidean"
         self.dim = rows.shape[1] - 1 if self.squared else rows.shape[1]  # the projected dimension
+        self.chunk = _LP_CHUNK_ROWS if rows.device.type == "cpu" else _LP_CHUNK_ROWS_GPU
 
     def query(self, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(column (d + 1,), constant)`` of a centre row: squared distances are ``rows @ column + constant``."""
@@ -232,23 +252,23 @@ class _Metric:
         if self.squared:
             vec, const = self.query(centre)
             return (block @ vec + const).clamp_min_(0.0)
-        if block.shape[0] <= _LP_CHUNK_ROWS:
+        if block.shape[0] <= self.chunk:
             return distances_to_point(block, centre, self.metric)
         return torch.cat(
             [
-                distances_to_point(block[s : s + _LP_CHUNK_ROWS], centre, self.metric)
-                for s in range(0, block.shape[0], _LP_CHUNK_ROWS)
+                distances_to_point(block[s : s + self.chunk], centre, self.metric)
+                for s in range(0, block.shape[0], self.chunk)
             ]
         )
 
     def to_rows(self, idx: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """(C,) (squared) distances of ``rows[idx]`` to ``centre``, gathered in bounded blocks."""
-        if idx.numel() <= _LP_CHUNK_ROWS or self.squared:
+        if idx.numel() <= self.chunk or self.squared:
             return self.to_centre(torch.index_select(self.rows, 0, idx), centre)
         return torch.cat(
             [
-                self.to_centre(torch.index_select(self.rows, 0, idx[s : s + _LP_CHUNK_ROWS]), centre)
-                for s in range(0, idx.numel(), _LP_CHUNK_ROWS)
+                self.to_centre(torch.index_select(self.rows, 0, idx[s : s + self.chunk]), centre)
+                for s in range(0, idx.numel(), self.chunk)
             ]
         )
 
@@ -317,23 +337,25 @@ def _lazy_greedy(rows: torch.Tensor, size: int, seed: int, progress: bool) -> to
 
 
 def _pruned_greedy(rows: torch.Tensor, size: int, metric: str, seed: int, progress: bool) -> torch.Tensor:
-    """Greedy k-center under a p-norm on the CPU: one pass per step with triangle-inequality pruning.
+    """Greedy k-center on the CPU: one pass per step with triangle-inequality pruning.
 
     Per step: an argmax and a threshold over the (N,) ``min_dist``, distances to the earlier centres of the
-    points that pass, and distances to the new centre of the points that survive the bound.
+    points that pass, and distances to the new centre of the points that survive the bound. For
+    ``euclidean`` ``min_dist`` holds squared distances (halving a distance quarters its square).
 
     Args:
-        rows: (N, d) projected rows; size: centres to pick; metric: ``minkowski3`` or ``manhattan``;
-        seed: the first centre is drawn with ``seed + 1``; progress: tqdm bar.
+        rows: (N, w) prepared rows; size: centres to pick; metric: ``euclidean`` (augmented rows),
+        ``minkowski3`` or ``manhattan``; seed: the first centre is drawn with ``seed + 1``; progress: tqdm bar.
 
     Returns:
         (size,) int64 indices in selection order.
     """
     n = rows.shape[0]
     dist = _Metric(rows, metric)
+    half = 0.25 if dist.squared else 0.5
     first = _first_centre(n, seed)
     selected = torch.empty(size, dtype=torch.long)
-    centres = torch.empty(size, rows.shape[1], dtype=rows.dtype)  # (size, d)
+    centres = torch.empty(size, rows.shape[1], dtype=rows.dtype)  # (size, w)
     selected[0] = first
     centres[0] = rows[first]
     min_dist = dist.to_centre(rows, rows[first])  # (N,) distance to the nearest centre
@@ -347,10 +369,10 @@ def _pruned_greedy(rows: torch.Tensor, size: int, metric: str, seed: int, progre
         centres[k] = centre
         # x (nearest centre j) can only move to the new centre c if d(x, j) > d(c, j) / 2 (triangle
         # inequality), and d(c, j) >= radius for every j, so points within radius / 2 are skipped first.
-        far = torch.nonzero(min_dist > radius * 0.5).squeeze(1)  # (F,)
+        far = torch.nonzero(min_dist > radius * half).squeeze(1)  # (F,)
         owners = torch.index_select(assign, 0, far)  # (F,)
         gap = dist.to_centre(centres[:k], centre)  # (k,) d(c, j) for every earlier centre
-        keep = torch.index_select(min_dist, 0, far) > torch.index_select(gap, 0, owners) * 0.5
+        keep = torch.index_select(min_dist, 0, far) > torch.index_select(gap, 0, owners) * half
         cand = far[keep]  # (C,)
         evaluated += cand.numel()
         if 2 * cand.numel() > n:  # most points: one contiguous pass beats gathering their rows
@@ -365,7 +387,9 @@ def _pruned_greedy(rows: torch.Tensor, size: int, metric: str, seed: int, progre
             min_dist[moved] = new_dist[closer]
             assign[moved] = k
         min_dist[idx_t] = -1.0
-    logger.debug("coreset: %.2f%% of point-centre distances computed", 100.0 * evaluated / (n * (size - 1)))
+    logger.debug(
+        "coreset: %.2f%% of point-centre distances computed", 100.0 * evaluated / (n * max(1, size - 1))
+    )
     return selected
 
 

@@ -349,6 +349,7 @@ class PatchCorePlus:
         """Choose the coreset of a filled ``builder``, keep its vectors as ``memory_bank_`` and build the index."""
         start = time.perf_counter()
         built = builder.finish()
+        self.bank_storage_ = builder.storage  # where the full bank was held: "memory" or "disk"
         self.n_patches_seen_ = built.n_seen
         self.coreset_indices_ = built.indices
         self.patch_grid_ = built.grid

@@ -1,6 +1,6 @@
-"""Seeded image streams for the scale benchmarks: N images of S px made from the real development images.
+"""Data and a benchmark-only backbone for the scale benchmarks (``bench_scale.py``, ``bench_gpu.py``).
 
-The training images of the four development classes (``../shared/data``: 48 + 700 + 239 + 250 = 1,237) are
+:class:`ScaleImages`: N images of S px made from the real development images. The training images of the four development classes (``../shared/data``: 48 + 700 + 239 + 250 = 1,237) are
 cycled in a seeded order; each copy gets its own seeded random crop (60-100 % of the side, anywhere), flips
 and quarter turns, then a bilinear resize to S x S and ImageNet normalisation. The copies are therefore not
 duplicates of one another, and their patch features keep the structure of real images (which the coreset's
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from visionad_multicore.patchcore.backbone import IMAGENET_MEAN, IMAGENET_STD
+from visionad_multicore.patchcore.backbone import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor
 
 SHARED_DATA = Path(
     os.environ.get("VISIONAD_MULTICORE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -84,3 +84,53 @@ class ScaleImages:
     def __iter__(self) -> Iterator[torch.Tensor]:
         for start in range(0, self.n, self.batch_size):
             yield torch.stack([self.image(i) for i in range(start, min(start + self.batch_size, self.n))])
+
+
+def generated_images(n: int, size: int = 256, seed: int = 0) -> torch.Tensor:
+    """``n`` procedural texture images (no files needed: for machines without the development data).
+
+    Each image is a smooth random colour field (noise at 1/32 and 1/8 of the side, upsampled bicubically)
+    with fine grain, clipped to [0, 1] and ImageNet-normalised; seeded.
+
+    Returns:
+        (n, 3, size, size) float32.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.empty(n, 3, size, size)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    for start in range(0, n, 64):
+        b = min(64, n - start)
+        coarse = torch.rand(b, 3, max(2, size // 32), max(2, size // 32), generator=gen)
+        mid = torch.rand(b, 3, max(2, size // 8), max(2, size // 8), generator=gen) * 0.3
+        img = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+        img = img + F.interpolate(mid, size=(size, size), mode="bicubic", align_corners=False)
+        img = img / 1.3 + 0.03 * torch.randn(b, 3, size, size, generator=gen)
+        out[start : start + b] = (img.clamp(0, 1) - mean) / std
+    return out
+
+
+RANDOM_WRN50 = "wideresnet50_random_benchmark"
+
+
+def register_random_wrn50(seed: int = 0) -> str:
+    """BENCHMARK ONLY: register ``wideresnet50_random_benchmark`` in the backbone registry and return the name.
+
+    torchvision's WideResNet-50-2 cut after ``layer3`` (maps of 512 and 1024 channels, strides 8 and 16: the
+    paper's feature sizes) with seeded random weights; no weights file is read. Good for timing only: its
+    features mean nothing. The registry entry lives in this process only.
+    """
+
+    def build(
+        weights: object, input_mean: tuple[float, ...], input_std: tuple[float, ...]
+    ) -> FeatureExtractor:
+        import torchvision
+
+        from visionad_multicore.patchcore.backbone import _WRN50Body
+
+        torch.manual_seed(seed)
+        net = torchvision.models.wide_resnet50_2(weights=None)
+        return FeatureExtractor(_WRN50Body(net), RANDOM_WRN50, (512, 1024), (8, 16), input_mean, input_std)
+
+    BACKBONES[RANDOM_WRN50] = build
+    return RANDOM_WRN50
