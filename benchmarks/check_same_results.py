@@ -2,7 +2,9 @@
 
 For each dataset key and each setting it fits the predictor on the training split (images resized to 256 px
 NEAREST, as VisionAD's loaders do), predicts the test split, and records SHA-256 digests of the coreset
-indices, the memory bank, the heatmaps and the image scores, plus I-AUC / P-AUC / AUPRO / PL. With
+indices, the memory bank, the heatmaps and the image scores, plus I-AUC / P-AUC / AUPRO / PL. On code with
+issue 14's ``select_coreset(..., algorithm="pruned")`` it also records the coreset that algorithm (the one
+used before issue 14) picks from the same bank, which ``--compare`` checks against the older run's. With
 ``--multicore`` it also prepares a MultiCore ensemble (bank share, statistics, synthetic cache; no HFM epoch)
 and records the digests of every member's bank and the normalisation statistics. Only APIs that existed
 before issue 14 are used, so the same script runs against an older checkout (``PYTHONPATH=OLD``).
@@ -26,13 +28,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from visionad_multicore.atomic import atomic_write_text
+
 SETTINGS = {
     # name: (distance, patch size, stride, coreset size)
     "euclidean_p3_s1_c25000": ("euclidean", 3, 1, 25_000),
     "cosine_p3_s1_c25000": ("cosine", 3, 1, 25_000),
     "minkowski3_p1_s1_c25000": ("minkowski3", 1, 1, 25_000),
     "manhattan_p3_s3_c2000": ("manhattan", 3, 3, 2_000),
+    "euclidean_p3_s3_c25000": ("euclidean", 3, 3, 25_000),
 }
+DEFAULT_SETTINGS = [
+    "euclidean_p3_s1_c25000",
+    "cosine_p3_s1_c25000",
+    "minkowski3_p1_s1_c25000",
+    "manhattan_p3_s3_c2000",
+]
 
 
 def digest(t: torch.Tensor) -> str:
@@ -55,12 +66,27 @@ def metrics(regular: Any, novel: Any, masks: np.ndarray) -> dict[str, float]:
     from visionad_multicore.visionad.metrics import aupro, image_auroc, pixel_auroc, proportion_localised
 
     hm_nov, hm_reg = novel.heatmaps.numpy(), regular.heatmaps.numpy()
+    shown = masks.reshape(len(masks), -1).any(axis=1)  # PL needs a defect pixel (small ones vanish at 256 px)
     return {
         "I-AUC": image_auroc(regular.scores.numpy(), novel.scores.numpy()),
         "P-AUC": pixel_auroc(hm_nov, masks, hm_reg),
         "AUPRO": aupro(hm_nov, masks),
-        "PL": proportion_localised(hm_nov, masks),
+        "PL": proportion_localised(hm_nov[shown], masks[shown]),
     }
+
+
+def pruned_indices(model: Any, train: list[torch.Tensor], distance: str, size: int) -> torch.Tensor | None:
+    """The coreset of the same bank chosen by ``algorithm="pruned"`` (issue 14's name for the selection used
+    before it), or None on code without that option."""
+    try:
+        from visionad_multicore.patchcore.coreset import coreset_rows, random_projection, select_coreset
+    except ImportError:
+        return None
+    with torch.no_grad():
+        bank = torch.cat([model.embed(model.extractor(b))[0] for b in train])
+    rows = coreset_rows(random_projection(bank, model.projection_dim, model.seed), distance)
+    del bank
+    return select_coreset(rows, size, distance, model.seed, progress=False, algorithm="pruned")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,6 +117,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "metrics": metrics(pred_regular, pred_novel, masks_np),
                 "seconds": time.perf_counter() - start,
             }
+            pruned = pruned_indices(model, train, distance, coreset)
+            if pruned is not None:
+                entry["coreset_indices_pruned"] = digest(pruned)
             record["results"][f"{key}/{name}"] = entry
             print(f"{key}/{name}: {json.dumps(entry)}", flush=True)
         if args.multicore:
@@ -120,22 +149,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
-def compare(before: Path, after: Path) -> int:
-    a, b = json.loads(before.read_text())["results"], json.loads(after.read_text())["results"]
+def compare(before: Path, after: Path, out: Path | None = None) -> int:
+    """Print (and with ``out`` also write, beside both runs' commands) which fingerprints are identical."""
+    lines: list[str] = []
+    print_ = lines.append
+    a_run, b_run = json.loads(before.read_text()), json.loads(after.read_text())
+    a, b = a_run["results"], b_run["results"]
     worst = 0
     for key in sorted(set(a) & set(b)):
-        for field in sorted(set(a[key]) & set(b[key]) - {"seconds"}):
+        if "coreset_indices_pruned" in b[key]:
+            same = b[key]["coreset_indices_pruned"] == a[key]["coreset_indices"]
+            print_(
+                f"{key} coreset_indices (before) vs after's algorithm='pruned': {'identical' if same else 'DIFFERENT'}"
+            )
+        for field in sorted(set(a[key]) & set(b[key]) - {"seconds", "coreset_indices_pruned"}):
             x, y = a[key][field], b[key][field]
             if isinstance(x, dict):
                 diff = max(abs(x[m] - y[m]) for m in x)
-                print(f"{key} {field}: max |difference| {diff:.2e}")
+                print_(f"{key} {field}: max |difference| {diff:.2e}")
             else:
                 same = x == y
                 worst = max(worst, 0 if same else 1)
-                print(f"{key} {field}: {'identical' if same else 'DIFFERENT'}")
+                print_(f"{key} {field}: {'identical' if same else 'DIFFERENT'}")
     missing = sorted(set(a) ^ set(b))
     if missing:
-        print(f"only in one file: {missing}")
+        print_(f"only in one file: {missing}")
+    text = "\n".join(lines)
+    print(text)
+    if out is not None:
+        head = f"Before: `{a_run['command']}`\n\nAfter: `{b_run['command']}`\n\n"
+        head += (
+            f"Compared: `python benchmarks/check_same_results.py --compare {before.name} {after.name}`\n\n"
+        )
+        metrics = {k: {f: v for f, v in r.items() if f == "metrics"} for k, r in b.items()}
+        atomic_write_text(
+            out, head + "```\n" + text + "\n```\n\nAfter's metrics: " + json.dumps(metrics) + "\n"
+        )
     return worst
 
 
@@ -144,7 +193,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--datasets", nargs="+", default=["dev_mvtec_toothbrush"])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, choices=list(SETTINGS))
     parser.add_argument("--multicore", action="store_true", help="also prepare MC2 and fingerprint its banks")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -152,7 +201,7 @@ def main() -> int:
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
     args = parser.parse_args()
     if args.compare:
-        return compare(*args.compare)
+        return compare(*args.compare, out=args.out)
     record = run(args)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

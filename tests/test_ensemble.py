@@ -214,3 +214,26 @@ def test_subset_of_mc4_matches_mc2(prepared: tuple[MultiCore, torch.Tensor, torc
         assert torch.equal(a.memory_bank_, b.memory_bank_)
     assert torch.equal(sub.stats_mean_, mc2.stats_mean_) and torch.equal(sub.stats_std_, mc2.stats_std_)
     assert torch.equal(sub._cache[0], mc2._cache[0]) and torch.equal(sub._cache[1], mc2._cache[1])
+
+
+def test_every_member_bank_equals_its_own_fit(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    """One shared, streamed backbone pass gives each member the bank it would build alone."""
+    model, train, _ = prepared
+    for member in model.members:
+        alone = PatchCorePlus(**{**member.get_params(), "progress": False})
+        alone.fit_features([model._features(b) for b in train[model.bank_idx_].split(3)])
+        assert torch.equal(member.coreset_indices_, alone.coreset_indices_)
+        assert torch.equal(member.memory_bank_, alone.memory_bank_)
+
+
+def test_knn_backend_is_exposed_and_not_part_of_the_state(
+    prepared: tuple[MultiCore, torch.Tensor, torch.Tensor],
+) -> None:
+    model, _, test = prepared
+    with pytest.raises(ValueError, match="known backends"):
+        tiny_multicore(knn_backend="annoy")
+    other = MultiCore.from_state_dict({**model.state_dict()}, progress=False)
+    torch_search = tiny_multicore(knn_backend="torch").load_state_dict(model.state_dict())
+    assert [m.knn_backend for m in torch_search.members] == ["torch", "torch"]
+    assert torch_search.get_params()["knn_backend"] == "torch"
+    torch.testing.assert_close(torch_search.predict(test[:2]).mean, other.predict(test[:2]).mean)
