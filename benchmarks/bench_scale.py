@@ -91,6 +91,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     )
     _ = model.extractor  # built outside the timings
     cuda = args.device.startswith("cuda")
+    from visionad_multicore.patchcore.bank import available_memory_bytes
+
+    available = available_memory_bytes() / 1e9
     base_rss = peak_rss_gb()
     train = Timed(ScaleImages(args.n, args.image_size, args.batch_size, seed=args.seed))
     start = time.perf_counter()
@@ -122,6 +125,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "n_test": args.n_test,
         "score_mean": float(pred.scores.mean()),
         "rss_before_fit_gb": base_rss,
+        "available_gb_at_start": available,
         "peak_rss_fit_gb": fit_rss,
         "peak_rss_gb": peak_rss_gb(),
         "peak_vram_fit_gb": fit_vram,
@@ -255,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads([x for x in out.stdout.splitlines() if x.startswith("RECORD ")][-1][7:])
         records.append(record)
         print(json.dumps(record), flush=True)
+        write_table(records, args, command)
+    return 0
+
+
+def write_table(records: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
+    """Print the table of the runs so far and write it (and the JSON records) to ``--out``."""
     cuda = args.device.startswith("cuda")
     text = table(records, cuda)
     print(text)

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 BANK_DTYPES: tuple[str, ...] = ("float32", "float16")
 BANK_STORAGES: tuple[str, ...] = ("auto", "memory", "disk")
-DEFAULT_MEMORY_SHARE = 0.5  # default budget: this share of the memory available when fitting starts
+DEFAULT_MEMORY_SHARE = 0.8  # default budget: this share of the memory available when fitting starts
 _GB = 1e9
 
 
@@ -79,7 +79,8 @@ class MemoryBudget:
     """RAM (and disk space) that bank builders may reserve; one budget can serve every member of an ensemble.
 
     Args:
-        limit_gb: RAM limit in GB (1e9 bytes); ``None``: half the memory available now.
+        limit_gb: RAM limit in GB (1e9 bytes); ``None``: 80 % of the memory the kernel reports available now
+            (what this process already holds, e.g. the training images, is not counted as available).
     """
 
     def __init__(self, limit_gb: float | None = None) -> None:

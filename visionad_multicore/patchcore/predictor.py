@@ -148,7 +148,7 @@ class PatchCorePlus:
         bank_dtype, bank_storage, bank_dir, memory_limit_gb: how :meth:`fit` holds the full bank while the
             coreset is chosen (see :class:`~visionad_multicore.patchcore.bank.BankBuilder`): ``float32`` or
             ``float16``; ``auto`` (memory when it fits the budget, else a file in ``bank_dir``), ``memory`` or
-            ``disk``; the RAM budget in GB (default: half the available memory).
+            ``disk``; the RAM budget in GB (default: 80 % of the available memory).
     """
 
     def __init__(
