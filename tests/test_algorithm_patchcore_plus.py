@@ -40,7 +40,7 @@ def trained(tiny_mvtec: Path) -> tuple[WrapperPatchCorePlus, tuple[Any, Any, Any
 
 def test_hooks_and_outputs(trained: tuple[WrapperPatchCorePlus, tuple[Any, Any, Any]]) -> None:
     algo, _ = trained
-    assert algo.predictor.memory_bank_.shape == (100, 1024)
+    assert algo.predictor.memory_bank_.shape == (100, 152)
     heatmap_set, score_set, targets_set, paths_set = algo.test()
     for split, n in (("regular", 4), ("novel", 4)):
         heatmaps = heatmap_set[f"heatmap_set_{split}"]

@@ -195,6 +195,8 @@ class MultiCore:
         k: Nearest neighbours averaged in each member's patch score.
         feature_dim: Dimension of the pooled patch features (SPEC: 1024; lower it on a CPU, where the
             k-NN search of a ``minkowski3`` member costs ``patches x bank x feature_dim`` element operations).
+        feature_aggregation: How members turn neighbourhoods into vectors (``auto``: the paper's pipeline for
+            ``wideresnet50``, ``local_mean`` otherwise; see :mod:`visionad_multicore.patchcore.patches`).
         bank_share: Share of the training images in the memory banks; the rest makes the synthetic set.
         ssa: Synthetic-anomaly settings; its ``size`` is replaced by the image size at :meth:`prepare`.
         hfm: Fusion-module settings (``synthetic_size``, UNet, optimiser, validation split).
@@ -213,6 +215,7 @@ class MultiCore:
         coreset_size: int = 25_000,
         k: int = 1,
         feature_dim: int = 1024,
+        feature_aggregation: str = "auto",
         bank_share: float = 0.8,
         ssa: SSAConfig | None = None,
         hfm: HFMTrainConfig | None = None,
@@ -234,6 +237,7 @@ class MultiCore:
         self.coreset_size = int(coreset_size)
         self.k = int(k)
         self.feature_dim = int(feature_dim)
+        self.feature_aggregation = str(feature_aggregation)
         self.bank_share = float(bank_share)
         self.ssa = ssa or SSAConfig()
         self.hfm = hfm or HFMTrainConfig()
@@ -278,6 +282,7 @@ class MultiCore:
             "coreset_size": self.coreset_size,
             "k": self.k,
             "feature_dim": self.feature_dim,
+            "feature_aggregation": self.feature_aggregation,
             "bank_share": self.bank_share,
             "ssa": dataclasses.asdict(self.ssa),
             "hfm": self.hfm.to_dict(),
@@ -305,6 +310,7 @@ class MultiCore:
             backbone=self.backbone,
             backbone_weights=self.backbone_weights,
             feature_dim=self.feature_dim,
+            feature_aggregation=self.feature_aggregation,
             seed=self.seed + index,
             device=self.device,
             progress=self.progress,

@@ -45,7 +45,7 @@ def test_smoothing_matches_scipy(shape: tuple[int, int, int]) -> None:
 
 def test_fit_predict_shapes_and_detection(fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor]) -> None:
     model, test, _ = fitted
-    assert model.memory_bank_.shape == (200, 1024)
+    assert model.memory_bank_.shape == (200, 152)
     assert model.n_patches_seen_ == 8 * 8 * 8  # 64 px -> 8 x 8 patch grid at stride 1
     pred = model.predict(test.split(3))
     assert isinstance(pred, Prediction)
@@ -109,7 +109,31 @@ def test_shared_backbone_api(fitted: tuple[PatchCorePlus, torch.Tensor, torch.Te
     other = PatchCorePlus(patch_size=1, stride=3, distance="minkowski3", coreset_size=20, progress=False)
     maps = model.extractor(train)
     other.fit_features([maps])
-    assert other.memory_bank_.shape == (20, 1024)
+    assert other.memory_bank_.shape == (20, 152)
     pred = other.predict_features(model.extractor(test), (SIZE, SIZE))
     assert pred.heatmaps.shape == (8, SIZE, SIZE)
     torch.testing.assert_close(pred.scores, other.predict([test]).scores)
+
+
+def test_wideresnet50_keeps_the_papers_patch_pipeline() -> None:
+    """With the paper's backbone the default aggregation is the literal SPEC pipeline (pinned)."""
+    from visionad_multicore.patchcore.patches import patch_features_reference
+
+    model = PatchCorePlus(
+        backbone="wideresnet50", patch_size=3, stride=1, progress=False
+    )  # no weights needed
+    assert model.aggregation == "paper"
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.randn(1, 512, 8, 8, generator=gen), torch.randn(1, 1024, 4, 4, generator=gen)]
+    feats, grid = model.embed(maps)
+    ref, ref_grid = patch_features_reference(maps, 3, 1, 1024)
+    assert grid == ref_grid and feats.shape == (64, 1024)
+    torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_small_backbone_defaults_to_local_mean(
+    fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor],
+) -> None:
+    model = fitted[0]
+    assert model.feature_aggregation == "auto" and model.aggregation == "local_mean"
+    assert model.memory_bank_.shape[1] == 40 + 112  # Lite0's channels, nothing repeated

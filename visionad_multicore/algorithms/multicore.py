@@ -56,6 +56,8 @@ class WrapperMultiCore(ModelWrapper):
         coreset_size: Memory-bank size of every member (fixed number).
         k: Nearest neighbours per patch score.
         feature_dim: Pooled patch-feature dimension (SPEC: 1024; lower is faster on a CPU).
+        feature_aggregation: Patch aggregation of every member (``auto``, ``paper``, ``local_mean``,
+            ``local_mean_equal``; see :class:`~visionad_multicore.patchcore.predictor.PatchCorePlus`).
         bank_share: Share of training images in the memory banks (the rest makes the synthetic set).
         synthetic_size: Number of synthetic images for the HFM (paper: 4000).
         ssa: Overrides of :class:`~visionad_multicore.synthetic.masks.SSAConfig` (e.g. ``masks_per_bucket``,
@@ -84,6 +86,7 @@ class WrapperMultiCore(ModelWrapper):
         coreset_size: int = 25_000,
         k: int = 1,
         feature_dim: int = 1024,
+        feature_aggregation: str = "auto",
         bank_share: float = 0.8,
         synthetic_size: int = 4000,
         ssa: Mapping[str, Any] | None = None,
@@ -142,6 +145,7 @@ class WrapperMultiCore(ModelWrapper):
             "coreset_size": int(coreset_size),
             "k": int(k),
             "feature_dim": int(feature_dim),
+            "feature_aggregation": str(feature_aggregation),
             "bank_share": float(bank_share),
             "synthetic_size": int(synthetic_size),
             "ssa": ssa_overrides,
@@ -175,6 +179,7 @@ class WrapperMultiCore(ModelWrapper):
             coreset_size=coreset_size,
             k=k,
             feature_dim=feature_dim,
+            feature_aggregation=feature_aggregation,
             bank_share=bank_share,
             ssa=ssa_config,
             hfm=hfm,
@@ -283,6 +288,7 @@ class WrapperMultiCore(ModelWrapper):
                 f"WrapperMultiCore.load_model: unknown keyword arguments {unknown}; valid: ['device']"
             )
         params = self.load_params(location)
+        params.setdefault("feature_aggregation", "paper")  # saved before the option existed
         if kwargs.get("device") is not None:
             params["device"] = str(kwargs["device"])
         self.__init__(**params)  # type: ignore[misc]

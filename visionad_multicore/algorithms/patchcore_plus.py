@@ -30,7 +30,8 @@ class WrapperPatchCorePlus(ModelWrapper):
     """VisionAD wrapper of :class:`~visionad_multicore.patchcore.predictor.PatchCorePlus`.
 
     Args:
-        patch_size, stride, distance, coreset_size, k, backbone, backbone_weights, feature_dim, projection_dim,
+        patch_size, stride, distance, coreset_size, k, backbone, backbone_weights, feature_dim,
+        feature_aggregation, projection_dim,
         knn_backend, lp_search, lp_shortlist, sigma, seed: as :class:`PatchCorePlus`.
         heatmap_size: side of the square heatmaps returned (VisionAD scores 256 x 256 maps); ``None`` keeps
             the input size.
@@ -51,6 +52,7 @@ class WrapperPatchCorePlus(ModelWrapper):
         backbone: str = "efficientnet_lite0",
         backbone_weights: str | None = None,
         feature_dim: int = 1024,
+        feature_aggregation: str = "auto",
         projection_dim: int = 128,
         knn_backend: str = "auto",
         lp_search: str = "auto",
@@ -74,6 +76,7 @@ class WrapperPatchCorePlus(ModelWrapper):
             "backbone": backbone,
             "backbone_weights": backbone_weights,
             "feature_dim": feature_dim,
+            "feature_aggregation": feature_aggregation,
             "projection_dim": projection_dim,
             "knn_backend": knn_backend,
             "lp_search": lp_search,
@@ -154,6 +157,7 @@ class WrapperPatchCorePlus(ModelWrapper):
     def load_model(self, location: str | os.PathLike[str], **kwargs: Any) -> None:
         """Restore a model saved by :meth:`save_model`; works on a fresh instance without loaders."""
         params = self.load_params(location)
+        params.setdefault("feature_aggregation", "paper")  # saved before the option existed
         if "device" in kwargs:
             params["device"] = str(kwargs["device"])
         self.__init__(**params)  # type: ignore[misc]

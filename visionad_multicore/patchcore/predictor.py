@@ -33,7 +33,7 @@ from visionad_multicore.patchcore.distances import (
     check_lp_search,
     distances_to_point,
 )
-from visionad_multicore.patchcore.patches import patch_features
+from visionad_multicore.patchcore.patches import grid_size, patch_features, resolve_aggregation
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,10 @@ class PatchCorePlus:
         k: neighbours averaged into a patch score.
         backbone: backbone name (see :func:`~visionad_multicore.patchcore.backbone.build_backbone`).
         backbone_weights: optional local weights file for the backbone.
-        feature_dim: dimension of the pooled patch features.
+        feature_dim: dimension of the pooled patch features (``local_mean``: at most this many).
+        feature_aggregation: how p x p neighbourhoods become vectors: ``auto`` (``paper`` for ``wideresnet50``,
+            ``local_mean`` for other backbones), ``paper``, ``local_mean`` or ``local_mean_equal``; see
+            :mod:`visionad_multicore.patchcore.patches`.
         projection_dim: random-projection dimension of the coreset selection.
         knn_backend: ``auto`` (faiss if installed), ``faiss`` or ``torch``.
         sigma: gaussian smoothing of the upsampled heatmaps, in pixels.
@@ -156,6 +159,7 @@ class PatchCorePlus:
         progress: bool = True,
         lp_search: str = "auto",
         lp_shortlist: int = DEFAULT_LP_SHORTLIST,
+        feature_aggregation: str = "auto",
     ) -> None:
         for name, value in (
             ("patch_size", patch_size),
@@ -183,6 +187,8 @@ class PatchCorePlus:
         self.backbone = backbone
         self.backbone_weights = backbone_weights
         self.feature_dim = feature_dim
+        self.feature_aggregation = feature_aggregation
+        self.aggregation = resolve_aggregation(feature_aggregation, backbone)  # what runs
         self.projection_dim = projection_dim
         self.knn_backend = check_backend(knn_backend)
         self.sigma = float(sigma)
@@ -215,6 +221,7 @@ class PatchCorePlus:
             "backbone": self.backbone,
             "backbone_weights": self.backbone_weights,
             "feature_dim": self.feature_dim,
+            "feature_aggregation": self.feature_aggregation,
             "projection_dim": self.projection_dim,
             "knn_backend": self.knn_backend,
             "sigma": self.sigma,
@@ -248,10 +255,18 @@ class PatchCorePlus:
 
     # ------------------------------------------------------------------ fitting
     def embed(self, layer_maps: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch features of one batch of backbone maps: ((B * h * w, feature_dim), (h, w))."""
+        """Patch features of one batch of backbone maps: ((B * h * w, D), (h, w))."""
         return patch_features(
-            [m.to(self.device) for m in layer_maps], self.patch_size, self.stride, self.feature_dim
+            [m.to(self.device) for m in layer_maps],
+            self.patch_size,
+            self.stride,
+            self.feature_dim,
+            self.aggregation,
         )
+
+    def patch_grid_size(self, image_size: int) -> int:
+        """Patches along one side of a square ``image_size`` input (the first map has stride 8)."""
+        return grid_size(-(-image_size // 8), self.patch_size, self.stride)
 
     def fit(self, images: Iterable[torch.Tensor]) -> PatchCorePlus:
         """Build the memory bank from nominal images.
@@ -423,7 +438,11 @@ class PatchCorePlus:
         """Restore a fitted state from :meth:`state_dict`; the parameters must match this instance's."""
         if state.get("format") != "visionad_multicore.PatchCorePlus/1":
             raise ValueError(f"not a PatchCorePlus state (format {state.get('format')!r})")
-        mine, theirs = self.get_params(), state["params"]
+        mine, theirs = self.get_params(), dict(state["params"])
+        # states saved before feature_aggregation existed used the paper's pipeline
+        theirs.setdefault("feature_aggregation", "paper")
+        if resolve_aggregation(theirs["feature_aggregation"], theirs.get("backbone", "")) == self.aggregation:
+            theirs["feature_aggregation"] = self.feature_aggregation
         # how the bank is searched, not what it holds (states saved before lp_search existed load too)
         ignore = {"device", "progress", "knn_backend", "lp_search", "lp_shortlist"}
         diff = {k for k in mine if k not in ignore and mine[k] != theirs.get(k)}

@@ -55,6 +55,7 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from visionad_multicore.atomic import atomic_path
+from visionad_multicore.visionad.loaders import check_image_interpolation
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ OPTIONAL_MODEL_KEYS: dict[str, Any] = {
     "dataset_list_override": None,
     "specific_evaluation_regime": None,
     "pre_pro_transforms": None,  # set by the runner, as VisionAD's run.py does
+    "image_interpolation": None,  # ours: resize filter of images (masks stay as identical_transforms)
 }
 MODEL_KEYS = (*REQUIRED_MODEL_KEYS, *OPTIONAL_MODEL_KEYS)
 
@@ -218,6 +220,10 @@ def _check_model_keys(model: Any, index: int, path: Path, device_given: bool) ->
         raise ConfigError(f"{where} has unknown key(s) {unknown}; valid keys: {', '.join(MODEL_KEYS)}")
     if not isinstance(model["model_params"], Mapping):
         raise ConfigError(f"{where}: model_params must be a dict, got {type(model['model_params']).__name__}")
+    try:
+        check_image_interpolation(model.get("image_interpolation"))
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from err
 
 
 def prepare_model_arguments(
@@ -667,6 +673,7 @@ def train_and_evaluate(
         seed=int(option(args, "seed")),
         num_workers=0,
         device=args["model_params"]["device"],
+        image_interpolation=option(args, "image_interpolation"),
         **dataset,
     )
     algo.enter_dataloaders(dataloader_train, dataloader_regular_test, dataloader_novel_test)
@@ -919,6 +926,12 @@ def _run_through_visionad(
 
     with visionad_checkout(root) as vad:
         config = load_config(config_path)
+        for model in config.model_list:
+            if model.get("image_interpolation") is not None:
+                raise ConfigError(
+                    f"config file {config_path}: 'image_interpolation' is ours, VisionAD's loaders do not know it; "
+                    "remove it (or resize in identical_transforms) to run through --visionad_root"
+                )
         classes = _resolve_classes(config, resolve_algorithm, fallback=vad.get_algo, device=device)
         _check_wandb(config, wandb)
         if explicit_results is not None:
