@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -133,14 +134,15 @@ def test_untrained_fusion_is_the_ensemble_mean(
     prepared: tuple[MultiCore, torch.Tensor, torch.Tensor],
 ) -> None:
     model, _, test_images = prepared
-    assert model.hfm_epochs_ == 0, "runs before test_train_predict_save_load (file order)"
+    assert model.hfm_epochs_ == 0  # no test trains the shared fixture (they train copies)
     out = model.predict(test_images)
     torch.testing.assert_close(out.fused, out.mean)
 
 
 # ------------------------------------------------------------------------------------------- training, prediction
 def test_train_predict_save_load(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
-    model, _, test_images = prepared
+    shared, _, test_images = prepared
+    model = copy.deepcopy(shared)  # train a copy: the module fixture stays untrained for the other tests
     record = model.train_epoch()
     assert record.epoch == 0 and record.validation is not None and np.isfinite(record.train_loss)
     assert model.hfm_epochs_ == 1

@@ -55,11 +55,59 @@ def test_fit_predict_shapes_and_detection(fitted: tuple[PatchCorePlus, torch.Ten
     assert torch.allclose(pred.scores, pred.heatmaps.flatten(1).amax(1))
     # the bright square defects score above every good image
     assert pred.scores[4:].min() > pred.scores[:4].max()
-    assert bool(
-        (
-            (pred.scores_reweighted >= 0) & (pred.scores_reweighted <= pred.heatmaps.flatten(1).amax(1) * 10)
-        ).all()
-    )
+
+
+def _pairwise(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
+    """(n, m) true distances, float64, by their definitions."""
+    if distance == "euclidean":
+        return torch.cdist(a, b)
+    if distance == "cosine":
+        return 1 - (a / a.norm(dim=1, keepdim=True)) @ (b / b.norm(dim=1, keepdim=True)).T
+    raise ValueError(distance)
+
+
+def naive_reweighted_scores(
+    model: PatchCorePlus, images: torch.Tensor, b: int = 9
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PatchCore eq. 7 (Roth et al. 2022) written plainly in float64 with brute-force distances.
+
+    s* = max over test patches of the distance to the nearest bank patch m*; N_b(m*) = the b bank patches
+    nearest m* (m* included); s = (1 - exp(d(m_test*, m*)) / sum_{m in N_b(m*)} exp(d(m_test*, m))) s*.
+
+    Returns:
+        (scores s (B,), weights (B,)).
+    """
+    feats, (h, w) = model.embed(model.extractor(images))  # (B*h*w, F)
+    feats = feats.double().reshape(images.shape[0], h * w, -1)
+    bank = model.memory_bank_.double()
+    out, weights = [], []
+    for patches in feats:
+        to_bank = _pairwise(patches, bank, model.distance)  # (P, M)
+        nearest, which = to_bank.min(dim=1)
+        star = int(nearest.argmax())
+        m_star = int(which[star])
+        neighbourhood = _pairwise(bank[m_star][None], bank, model.distance)[0].argsort()[:b]
+        assert m_star in neighbourhood.tolist()
+        weight = 1 - torch.exp(to_bank[star, m_star]) / torch.exp(to_bank[star, neighbourhood]).sum()
+        out.append(weight * nearest[star])
+        weights.append(weight)
+    return torch.stack(out), torch.stack(weights)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_reweighted_scores_follow_patchcore_eq7(
+    fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor], distance: str
+) -> None:
+    # Euclidean distances between these features are far apart, so the weight is ~1; cosine distances lie
+    # in [0, 2], where the weights (~0.9) show whether the neighbourhood and the softmax are right.
+    model, test, train = fitted
+    if distance != model.distance:
+        model = PatchCorePlus(distance=distance, coreset_size=200, progress=False).fit(train.split(4))
+    pred = model.predict(test.split(3))
+    expected, weights = naive_reweighted_scores(model, test)
+    torch.testing.assert_close(pred.scores_reweighted.double(), expected, rtol=1e-4, atol=1e-6)
+    if distance == "cosine":
+        assert weights.max() < 0.99  # the weight really acts here
 
 
 def test_small_bank_kept_whole(fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor]) -> None:

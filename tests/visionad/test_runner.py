@@ -8,14 +8,15 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from tests.fake_visionad import write_visionad_config
 from visionad_multicore import cli
 from visionad_multicore.algorithms import VisionADBaselineError, get_algorithm
 from visionad_multicore.algorithms.random import WrapperRandom
 from visionad_multicore.visionad import runner
-from visionad_multicore.visionad.metrics import run_metrics
 from visionad_multicore.visionad.runner import ConfigError, run_config
 
 DATA_JSON_KEYS = [
@@ -123,9 +124,23 @@ def test_results_layout_and_files(tmp_path, registry):
         heatmaps, scores, targets, paths = pickle.load(f)
     assert heatmaps["heatmap_set_novel"]["random"].shape == (4, 1, 256, 256)
     assert sorted(paths["paths_regular"]) == [f"{i:03d}.png" for i in range(4)]
-    assert (
-        run_metrics(LIGHT_METRICS, heatmaps, scores, targets, paths) == metrics
-    )  # metrics.pk matches heatmaps.pk
+    # metrics.pk holds the metrics of the predictions in heatmaps.pk, recomputed here with scikit-learn
+    novel_s, regular_s = (
+        scores["image_score_set_novel"]["random"],
+        scores["image_score_set_regular"]["random"],
+    )
+    i_auc = roc_auc_score(
+        [1] * len(novel_s) + [0] * len(regular_s), np.r_[novel_s.numpy(), regular_s.numpy()]
+    )
+    assert metrics["Imagewise_AUC"]["metric_results"]["random"] == pytest.approx(
+        max(i_auc, 1 - i_auc), abs=1e-12
+    )
+    maps_n, maps_r = heatmaps["heatmap_set_novel"]["random"], heatmaps["heatmap_set_regular"]["random"]
+    labels = np.r_[targets["targets_novel"].numpy().ravel(), np.zeros(maps_r.numel())]
+    p_auc = roc_auc_score(labels, np.r_[maps_n.numpy().ravel(), maps_r.numpy().ravel()])
+    assert metrics["Pixelwise_AUC"]["metric_results"]["random"] == pytest.approx(
+        max(p_auc, 1 - p_auc), abs=1e-12
+    )
     description = json.loads((out / "1" / "description.json").read_text())
     assert description["dataset"]["dataset_key"] == "tiny" and description["model_description"] == "tiny test"
 

@@ -31,10 +31,12 @@ import torch
 from tqdm.auto import tqdm
 
 from visionad_multicore.atomic import atomic_path, atomic_write_text
+from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionad_multicore.ensemble import PRESETS, MultiCore, load_preset
 from visionad_multicore.fusion.train import EpochRecord, HFMTrainConfig
 from visionad_multicore.synthetic.masks import SSAConfig
 from visionad_multicore.visionad.model_wrapper import ModelWrapper
+from visionad_multicore.visionad.training_data import require_clean_training_set
 
 __all__ = ["WrapperMultiCore"]
 
@@ -42,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "multicore.pt"
 HISTORY_FILE = "hfm_history.json"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class WrapperMultiCore(ModelWrapper):
@@ -197,12 +197,7 @@ class WrapperMultiCore(ModelWrapper):
         if not hasattr(self, "dataloader_train"):
             raise RuntimeError("WrapperMultiCore: no training loader; call enter_dataloaders() first")
         dataset = self.dataloader_train.dataset
-        hook = getattr(dataset, "pre_normalisation_transform", None)
-        if hook is not None:
-            raise RuntimeError(
-                "WrapperMultiCore: the training dataset has a pre_normalisation_transform hook attached "
-                f"({hook!r}); memory banks must be built from clean images. Remove the hook first."
-            )
+        require_clean_training_set(dataset, "multicore")
         images = [
             dataset[i][0]
             for i in tqdm(range(len(dataset)), desc="Training images", disable=not self.progress)  # type: ignore[arg-type]

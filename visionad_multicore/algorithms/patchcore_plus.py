@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from visionad_multicore.patchcore.backbone import IMAGENET_MEAN, IMAGENET_STD
+from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionad_multicore.patchcore.predictor import PatchCorePlus, Prediction
 from visionad_multicore.visionad.model_wrapper import ModelWrapper
+from visionad_multicore.visionad.training_data import require_clean_training_set
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +117,7 @@ class WrapperPatchCorePlus(ModelWrapper):
         """Build the memory bank from the (clean) training loader, once."""
         if self.predictor.is_fitted():
             return
-        dataset = getattr(self.dataloader_train, "dataset", None)
-        if getattr(dataset, "pre_normalisation_transform", None) is not None:
-            raise RuntimeError(
-                "the training loader has a pre_normalisation_transform hook attached: the memory bank must be "
-                "built from clean training images; remove the hook (dataset.pre_normalisation_transform = None)"
-            )
+        require_clean_training_set(getattr(self.dataloader_train, "dataset", None), "patchcore_plus")
         mean, std = self._loader_stats()
         self.predictor = self._make_predictor(mean, std)
         self.predictor.fit(images for images, _paths, _info in self.dataloader_train)

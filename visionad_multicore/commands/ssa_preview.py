@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from visionad_multicore.atomic import atomic_path, atomic_write_text
+from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     from visionad_multicore.visionad.loaders import ImageDataset
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         mean, std = list(train.mean), list(train.std)
         source = f"{args.dataset}, {len(images)} fusion-share training images"
     else:
-        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
         m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
         images = (brick_images(args.size, count=min(args.max_images, 6)) - m) / s
         source = "scikit-image brick texture crops"

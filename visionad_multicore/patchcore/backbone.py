@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+logger = logging.getLogger(__name__)
 
 WRN50_FILE = "wide_resnet50_2-95faca4d.pth"
 WRN50_URL = f"https://download.pytorch.org/models/{WRN50_FILE}"

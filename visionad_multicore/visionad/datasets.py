@@ -25,10 +25,9 @@ from typing import Any
 
 import yaml
 
-logger = logging.getLogger(__name__)
+from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REGISTRY_PATH = REPO_ROOT / "algorithm_configs" / "datasets.yaml"

@@ -41,7 +41,8 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from visionad_multicore.visionad.datasets import DATASET_DICT_KEYS, IMAGENET_MEAN, IMAGENET_STD
+from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
+from visionad_multicore.visionad.datasets import DATASET_DICT_KEYS
 
 logger = logging.getLogger(__name__)
 

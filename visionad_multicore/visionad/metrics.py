@@ -26,7 +26,8 @@ VisionAD's own code to 1e-9 on the same inputs (``benchmarks/check_metrics_vs_vi
 VisionAD's AUPRO loops over the 200 thresholds with pandas; ours sorts each image's regular pixels once,
 puts each region pixel into its threshold bin (``np.searchsorted``) and counts with ``np.bincount``, which
 gives the same integer counts at every threshold, about 30 times faster on 100 maps of 256 x 256
-(``benchmarks/bench_aupro.py``). The AUROCs are exact Mann-Whitney counts on sorted values.
+(``benchmarks/bench_aupro.py``). The AUROCs are exact Mann-Whitney counts on sorted values, computed by
+:func:`visionad_multicore.auroc.auroc`, the one AUROC of the package (the core uses it too).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from skimage import measure
 from sklearn.metrics import auc as sklearn_auc
 from tqdm.auto import tqdm
 
+from visionad_multicore.auroc import auroc
+
 logger = logging.getLogger(__name__)
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -52,8 +55,6 @@ MetricFunction = Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, An
 PL_IMAGE_SIZE = 256
 # numpy < 2 rounds a float64 scalar to the array's dtype before comparing (value-based casting).
 _LEGACY_PROMOTION = np.lib.NumpyVersion(np.__version__) < "2.0.0"
-# Number of query values searched per block in the AUROC count (bounds the int64 temporaries).
-_AUROC_BLOCK = 1 << 22
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -135,55 +136,6 @@ def _masks_3d(x: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _auroc(positives: np.ndarray, negatives: np.ndarray, overwrite: bool = False) -> float:
-    """Exact ROC AUC of positives against negatives (ties count one half), no flip.
-
-    Computed as the Mann-Whitney statistic in integer arithmetic: both sets are sorted and the smaller one is
-    searched in the larger, ``2U = sum(#below + #at-or-below)``, then one division. This equals
-    scikit-learn's ``roc_auc_score`` up to its floating-point rounding (~1e-15), and is several times faster
-    on millions of pixels (a SIMD sort instead of an argsort).
-
-    Args:
-        positives: Values of the positive class, any shape.
-        negatives: Values of the negative class, any shape.
-        overwrite: The arrays are scratch copies that may be sorted in place (saves a copy of each).
-    """
-    n_pos, n_neg = positives.size, negatives.size
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(
-            f"AUROC needs both classes: got {n_pos} anomalous and {n_neg} regular values "
-            "(ROC AUC is not defined with one class)"
-        )
-    dtype = np.result_type(positives.dtype, negatives.dtype)
-    sorted_sets = []
-    for values in (positives, negatives):
-        values = values.astype(dtype, copy=False).ravel()
-        if overwrite and values.flags.writeable and values.flags.owndata:
-            values.sort()
-        else:
-            values = np.sort(values)
-        sorted_sets.append(values)
-    pos, neg = sorted_sets
-    # Search the smaller set in the larger; both sorted, so the searches walk memory in order.
-    pos_are_queries = n_pos <= n_neg
-    reference, queries = (neg, pos) if pos_are_queries else (pos, neg)
-    n_ref = reference.size
-    twice_u = 0  # Python int: no overflow
-    for start in range(0, queries.size, _AUROC_BLOCK):
-        block = queries[start : start + _AUROC_BLOCK]
-        below = int(np.searchsorted(reference, block, side="left").sum(dtype=np.int64))  # reference < q
-        at_or_below = int(
-            np.searchsorted(reference, block, side="right").sum(dtype=np.int64)
-        )  # reference <= q
-        if pos_are_queries:
-            # For each positive q: negatives below q count 1, negatives equal to q count 1/2.
-            twice_u += below + at_or_below
-        else:
-            # For each negative q: positives above q count 1, positives equal to q count 1/2.
-            twice_u += 2 * n_ref * block.size - below - at_or_below
-    return twice_u / (2 * n_pos * n_neg)
-
-
 def _flip(score: float) -> float:
     """VisionAD's rule: keep an AUROC above 0.5, otherwise report ``1 - AUROC``."""
     return score if score > 0.5 else 1.0 - score
@@ -207,7 +159,7 @@ def image_auroc(scores_regular: ArrayLike, scores_anomalous: ArrayLike, flip: bo
     """
     regular = _scores_1d(scores_regular, "scores_regular")
     anomalous = _scores_1d(scores_anomalous, "scores_anomalous")
-    score = _auroc(anomalous, regular)
+    score = auroc(anomalous, regular)
     return _flip(score) if flip else score
 
 
@@ -246,7 +198,7 @@ def pixel_auroc(
         negatives = np.concatenate(
             [negatives.astype(dtype, copy=False), regular.astype(dtype, copy=False).ravel()]
         )
-    score = _auroc(positives, negatives, overwrite=True)
+    score = auroc(positives, negatives, overwrite=True)
     return _flip(score) if flip else score
 
 
