@@ -15,6 +15,7 @@ from visionad_multicore import cli
 from visionad_multicore.algorithms import get_algorithm
 from visionad_multicore.visionad.runner import (
     ConfigError,
+    PreflightError,
     VisionADCheckoutError,
     run_config,
     visionad_checkout,
@@ -88,12 +89,18 @@ def test_results_dir_overrides_results_directory_and_cli(checkout, tmp_path, cap
     assert "1/1 (model, dataset) runs succeeded" in capsys.readouterr().out
 
 
-def test_config_relative_to_the_checkout_and_failing_pair(checkout, tmp_path):
+def test_config_relative_to_the_checkout_and_unknown_key_checked_first(checkout, tmp_path):
     write_visionad_config(checkout / "configs" / "mine.py", dataset_list=["mvtec_nope", "mvtec_tiny"],
                           metrics=["Imagewise_AUC"])  # fmt: skip
+    with pytest.raises(PreflightError, match=r"ERROR \[mvtec_nope\] KeyError: 'mvtec_nope'") as err:
+        run_config(Path("configs/mine.py"), resolve_algorithm=get_algorithm, visionad_root=checkout)
+    assert err.value.report.datasets == ["mvtec_nope", "mvtec_tiny"]
+    assert read_calls(checkout) == [] and not (checkout / "results").exists()  # nothing ran
+    write_visionad_config(
+        checkout / "configs" / "mine.py", dataset_list=["mvtec_tiny"], metrics=["Imagewise_AUC"]
+    )
     summary = run_config(Path("configs/mine.py"), resolve_algorithm=get_algorithm, visionad_root=checkout)
-    assert [r.ok for r in summary.results] == [False, True]
-    assert "KeyError: 'mvtec_nope'" in summary.results[0].error
+    assert [r.ok for r in summary.results] == [True]
 
 
 def test_unknown_everywhere(checkout, tmp_path):
