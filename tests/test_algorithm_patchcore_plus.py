@@ -14,7 +14,9 @@ from visionad_multicore.visionad.loaders import create_dataloaders
 from visionad_multicore.visionad.metrics import image_auroc
 
 
-def tiny_loaders(root: Path) -> tuple[Any, Any, Any]:
+def tiny_loaders(
+    root: Path, mean: list[float] | None = None, std: list[float] | None = None
+) -> tuple[Any, Any, Any]:
     return create_dataloaders(
         None,
         None,
@@ -25,6 +27,8 @@ def tiny_loaders(root: Path) -> tuple[Any, Any, Any]:
         folder_path_regular_test=str(root / "test/good"),
         folder_path_novel_test=[str(root / "test/defect")],
         folder_path_novel_masks=[str(root / "ground_truth/defect")],
+        mean=mean or [0.485, 0.456, 0.406],
+        std=std or [0.229, 0.224, 0.225],
     )
 
 
@@ -61,15 +65,13 @@ def test_hook_attached_is_refused(tiny_mvtec: Path) -> None:
         algo.pre_eval_processing()
 
 
-def test_mean_std_from_train_dataset(tiny_mvtec: Path) -> None:
-    loaders = tiny_loaders(tiny_mvtec)
-    loaders[0].dataset.mean = [0.5, 0.5, 0.5]
-    loaders[0].dataset.std = [0.25, 0.25, 0.25]
+def test_mean_std_from_the_loaders_normalisation(tiny_mvtec: Path) -> None:
+    loaders = tiny_loaders(tiny_mvtec, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.1])
     algo = WrapperPatchCorePlus(coreset_size=10, progress=False)
     algo.enter_dataloaders(*loaders)
     algo.pre_eval_processing()
-    assert algo.predictor.input_mean == (0.5, 0.5, 0.5)
-    assert algo.predictor.input_std == (0.25, 0.25, 0.25)
+    assert algo.predictor.input_mean == (0.5, 0.4, 0.3)
+    assert algo.predictor.input_std == (0.25, 0.2, 0.1)
 
 
 def test_save_load_fresh_instance_bit_identical(

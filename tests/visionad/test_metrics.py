@@ -19,6 +19,7 @@ from visionad_multicore.visionad.metrics import (
     aupro_with_info,
     comparable_thresholds,
     image_auroc,
+    metric_failures,
     pixel_auroc,
     pro_curve,
     proportion_localised,
@@ -378,7 +379,12 @@ def test_run_metrics_all_and_skipping(caplog):
         out = run_metrics(["all"], heatmap_set, image_score_set, targets_set, paths_set, progress=False)
     assert list(out) == list(METRICS)
     for name in ("Pixelwise_AUC", "Pixelwise_AUC_anom_only", "Pixelwise_AUPRO"):
-        assert set(out[name]["metric_results"]) == {"good"}  # "bad" (NaN) skipped, not a crash
+        # "bad" (one NaN pixel in one map): not scored, a failure in the results, not a crash or a silent drop
+        assert out[name]["metric_results"]["bad"] == "failed: non-finite values in 1 maps"
+    assert metric_failures(out) == [
+        f"{name}/bad: failed: non-finite values in 1 maps"
+        for name in ("Pixelwise_AUC", "Pixelwise_AUC_anom_only", "Pixelwise_AUPRO", "PL")
+    ]
     # independent references: scikit-learn over every pixel (regular maps all label 0) and the slow loop
     labels = np.r_[masks.ravel(), np.zeros(regular.size, dtype=bool)]
     expected_pauc = roc_auc_score(labels, np.r_[novel.ravel(), regular.ravel()])
@@ -389,9 +395,10 @@ def test_run_metrics_all_and_skipping(caplog):
         slow_aupro(novel, masks), abs=1e-9
     )
     assert out["Imagewise_AUC"]["metric_results"] == {"good": 1.0}
-    assert out["PL"]["metric_results"] == {}  # 32x32 images: PL needs 256x256, skipped for every method
+    # 32x32 images: PL needs 256x256, skipped (VisionAD's way) for every method that could be tried
+    assert out["PL"]["metric_results"] == {"bad": "failed: non-finite values in 1 maps"}
     messages = [r.message for r in caplog.records]
-    assert any("Pixelwise_AUPRO" in m and "'bad'" in m for m in messages)
+    assert any("'bad'" in m and "non-finite values (NaN or inf) in 1 heatmaps" in m for m in messages)
     assert any("PL" in m and "'good'" in m and "256" in m for m in messages)
 
 

@@ -31,12 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from visionad_multicore.atomic import atomic_path, atomic_write_text
-from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionad_multicore.ensemble import PRESETS, MultiCore, load_preset
 from visionad_multicore.fusion.train import EpochRecord, HFMTrainConfig
 from visionad_multicore.synthetic.masks import SSAConfig
 from visionad_multicore.visionad.model_wrapper import ModelWrapper
-from visionad_multicore.visionad.training_data import require_clean_training_set
+from visionad_multicore.visionad.training_data import dataset_normalisation, require_clean_training_set
 
 __all__ = ["WrapperMultiCore"]
 
@@ -193,7 +192,8 @@ class WrapperMultiCore(ModelWrapper):
 
     # ------------------------------------------------------------------ preparation
     def _training_images(self) -> tuple[torch.Tensor, tuple[float, ...], tuple[float, ...]]:
-        """All training images ``(N, 3, H, W)`` in dataset order, and the dataset's mean / std."""
+        """All training images ``(N, 3, H, W)`` in dataset order, and the mean / std the dataset normalised
+        them with (read from its ``pp_transforms``, see :func:`~visionad_multicore.visionad.training_data.dataset_normalisation`)."""
         if not hasattr(self, "dataloader_train"):
             raise RuntimeError("WrapperMultiCore: no training loader; call enter_dataloaders() first")
         dataset = self.dataloader_train.dataset
@@ -202,12 +202,8 @@ class WrapperMultiCore(ModelWrapper):
             dataset[i][0]
             for i in tqdm(range(len(dataset)), desc="Training images", disable=not self.progress)  # type: ignore[arg-type]
         ]
-        mean = getattr(dataset, "mean", None)
-        std = getattr(dataset, "std", None)
-        if mean is None or std is None:
-            logger.warning("training dataset has no mean/std attributes; assuming ImageNet statistics")
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
-        return torch.stack(images), tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        mean, std = dataset_normalisation(dataset)
+        return torch.stack(images), mean, std
 
     def _ensure_prepared(self) -> None:
         if self.model.is_prepared or self._loaded:

@@ -18,7 +18,7 @@ import torch
 from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionad_multicore.patchcore.predictor import PatchCorePlus, Prediction
 from visionad_multicore.visionad.model_wrapper import ModelWrapper
-from visionad_multicore.visionad.training_data import require_clean_training_set
+from visionad_multicore.visionad.training_data import dataset_normalisation, require_clean_training_set
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ class WrapperPatchCorePlus(ModelWrapper):
         knn_backend, lp_search, lp_shortlist, sigma, seed: as :class:`PatchCorePlus`.
         heatmap_size: side of the square heatmaps returned (VisionAD scores 256 x 256 maps); ``None`` keeps
             the input size.
-        input_mean, input_std: normalisation of the loader's images; ``None`` takes the training dataset's
-            ``.mean`` / ``.std`` when it has them, else ImageNet's.
+        input_mean, input_std: normalisation of the loader's images; ``None`` reads it from the training
+            dataset (its ``pp_transforms`` Normalize, as VisionAD builds it; see
+            :func:`~visionad_multicore.visionad.training_data.dataset_normalisation`), never a silent default.
         device: torch device of backbone and search.
         wandb: accepted for the VisionAD contract; unused.
         progress: tqdm bars.
@@ -105,9 +106,7 @@ class WrapperPatchCorePlus(ModelWrapper):
     def _loader_stats(self) -> tuple[Sequence[float], Sequence[float]]:
         if self.params["input_mean"] is not None and self.params["input_std"] is not None:
             return self.params["input_mean"], self.params["input_std"]
-        dataset = getattr(self.dataloader_train, "dataset", None)
-        mean = getattr(dataset, "mean", None) or IMAGENET_MEAN
-        std = getattr(dataset, "std", None) or IMAGENET_STD
+        mean, std = dataset_normalisation(getattr(self.dataloader_train, "dataset", None))
         return list(mean), list(std)
 
     def train_one_epoch(self) -> None:

@@ -2,7 +2,9 @@
 
 :func:`visionad_checkout` imports the checkout's ``train_algo``, ``get_algo``, ``load_dataset`` and
 ``RESULTS_DIRECTORY`` with the checkout on ``sys.path`` and as working directory, and restores both (and
-``sys.modules``) on exit. :func:`run_through_visionad` is ``run_config`` with ``visionad_root``.
+``sys.modules``) on exit. :func:`run_through_visionad` is ``run_config`` with ``visionad_root`` (the same
+checks before work and the same pair loop, resume included; the checkout's ``train_algo`` runs each pair),
+:func:`check_through_visionad` is ``check_config`` with it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import importlib
 import logging
 import os
 import sys
-import traceback
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,21 +23,20 @@ from typing import Any
 from visionad_multicore.visionad.config import (
     AlgorithmResolver,
     ConfigError,
-    dataset_keys,
+    RunConfig,
+    RunRequest,
     load_config,
     option,
-    prepare_model_arguments,
     resolve_classes,
 )
-from visionad_multicore.visionad.loop import check_wandb, seed_everything
+from visionad_multicore.visionad.loop import check_wandb
+from visionad_multicore.visionad.pairs import open_run, run_pairs
+from visionad_multicore.visionad.preflight import CheckReport, check_run
 from visionad_multicore.visionad.run_files import (
     PairResult,
     RunSummary,
-    log_summary,
-    pair_result,
     read_written_results,
-    run_dir_name,
-    write_run_config,
+    write_marker,
 )
 
 logger = logging.getLogger(__name__)
@@ -148,85 +148,115 @@ def visionad_checkout(root: Path) -> Iterator[SimpleNamespace]:
         sys.modules.update(shadowed)
 
 
-def run_through_visionad(
-    config_path: Path,
-    run_description: str,
-    device: str | None,
-    wandb: bool | None,
-    data_root: Any,
-    results_dir: Any,
-    resolve_algorithm: AlgorithmResolver,
-    root: Path,
-    registry_path: Any,
-    on_result: Callable[[PairResult], None] | None,
-) -> RunSummary:
-    """``run_config`` with a VisionAD checkout: the checkout's run.py argument preparation and train_algo."""
-    if data_root or registry_path:
+@dataclass
+class _VisionADBackend:
+    """Pairs run by the checkout's own ``train_algo`` (its loaders, metrics and files)."""
+
+    vad: SimpleNamespace
+    metrics: list[str]
+    run_time: str
+    run_description: str
+    label: str = " (VisionAD)"
+
+    def load_dataset(self, key: str) -> Mapping[str, Any]:
+        return self.vad.load_dataset(key)
+
+    def run_pair(
+        self, algo: Any, pair: PairResult, dataset: Mapping[str, Any], args: Mapping[str, Any]
+    ) -> None:
+        if option(args, "num_workers") is not None:
+            logger.info(
+                "num_workers is not used by a VisionAD checkout's loaders (they decode in one process)"
+            )
+        self.vad.train_algo(
+            algo,
+            pair.dataset,
+            self.metrics,
+            run_time=self.run_time,
+            model_dataset_path=str(pair.path),
+            run_description=self.run_description,
+            model_arguments=dict(args),
+        )
+        read_written_results(pair)
+        for epoch_dir in sorted(p for p in pair.path.iterdir() if p.is_dir() and p.name.isdigit()):
+            write_marker(
+                epoch_dir
+            )  # VisionAD's loop writes none; the epoch is complete once train_algo returns
+
+
+def _prepare(
+    vad: SimpleNamespace, request: RunRequest, resolve_algorithm: AlgorithmResolver, root: Path
+) -> tuple[RunConfig, list[type], Path, CheckReport]:
+    """Inside the checkout: load and check the config, resolve the algorithms, run the checks before work."""
+    config = load_config(request.config_path)  # already resolved before the chdir into the checkout
+    for model in config.model_list:
+        if model.get("image_interpolation") is not None:
+            raise ConfigError(
+                f"config file {request.config_path}: 'image_interpolation' is ours, VisionAD's loaders do not "
+                "know it; remove it (or resize in identical_transforms) to run through --visionad_root"
+            )
+    classes = resolve_classes(config, resolve_algorithm, fallback=vad.get_algo, device=request.device)
+    check_wandb(config, request.wandb)
+    if request.resume_dir is not None:
+        parent = request.resume_dir.parent
+    elif request.results_dir:
+        parent = Path(request.results_dir).expanduser().resolve()
+    else:
+        if not str(vad.results_directory):
+            raise VisionADCheckoutError(f"RESULTS_DIRECTORY is empty in {root / 'data/configure_dataset.py'}")
+        parent = (root / vad.results_directory).resolve()
+    report = check_run(
+        config, request.device, vad.load_dataset, parent, strict_listing=True, progress=request.progress
+    )
+    return config, classes, parent, report
+
+
+def _config_path(config_path: Path, root: Path) -> Path:
+    """The config file: as given (relative to the caller's folder), else relative to the checkout."""
+    # Paths given relative to the caller's directory must survive the chdir into the checkout; a config
+    # path that only exists relative to the checkout (configs/patchcore/patchcore_mvtec.py) is accepted too.
+    if not config_path.is_absolute() and not config_path.exists() and (root / config_path).exists():
+        return (root / config_path).resolve()
+    return config_path.resolve()
+
+
+def _ignored_options(request: RunRequest) -> None:
+    if request.data_root or request.registry_path:
         logger.warning(
             "--data_root / --registry are ignored with --visionad_root: datasets come from the checkout's "
             "data/configure_dataset.py"
         )
-    # Paths given relative to the caller's directory must survive the chdir into the checkout; a config
-    # path that only exists relative to the checkout (configs/patchcore/patchcore_mvtec.py) is accepted too.
-    if not config_path.is_absolute() and not config_path.exists() and (root / config_path).exists():
-        config_path = root / config_path
-    config_path = config_path.resolve()
-    explicit_results = Path(results_dir).expanduser().resolve() if results_dir else None
 
+
+def check_through_visionad(
+    request: RunRequest, resolve_algorithm: AlgorithmResolver, root: Path
+) -> CheckReport:
+    """``check_config`` with a VisionAD checkout: its dataset registry, our checks (nothing is run)."""
+    _ignored_options(request)
+    request = replace(request, config_path=_config_path(Path(request.config_path).expanduser(), root))
     with visionad_checkout(root) as vad:
-        config = load_config(config_path)
-        for model in config.model_list:
-            if model.get("image_interpolation") is not None:
-                raise ConfigError(
-                    f"config file {config_path}: 'image_interpolation' is ours, VisionAD's loaders do not know "
-                    "it; remove it (or resize in identical_transforms) to run through --visionad_root"
-                )
-        classes = resolve_classes(config, resolve_algorithm, fallback=vad.get_algo, device=device)
-        check_wandb(config, wandb)
-        if explicit_results is not None:
-            parent = explicit_results
-        else:
-            if not str(vad.results_directory):
-                raise VisionADCheckoutError(
-                    f"RESULTS_DIRECTORY is empty in {root / 'data/configure_dataset.py'}"
-                )
-            parent = (root / vad.results_directory).resolve()
-        run_time = datetime.now().strftime("%Y_%m_%d_%H_%M_%S")
-        run_dir = parent / run_dir_name(run_time, run_description)
-        write_run_config(
-            run_dir, config, run_time, run_description, "visionad", device, wandb, None, None, root
-        )
-        logger.info("VisionAD checkout %s; results directory %s", root, run_dir)
-        summary = RunSummary(run_dir)
-        for index, model in enumerate(config.model_list):
-            for dataset_key in dataset_keys(model, config):
-                pair = pair_result(model, run_dir, dataset_key)
-                logger.info(
-                    "Running model %s %s, dataset %s (VisionAD)",
-                    pair.algo,
-                    pair.model_description,
-                    dataset_key,
-                )
-                try:
-                    dataset = vad.load_dataset(dataset_key)
-                    args = prepare_model_arguments(model, dataset, device, wandb)
-                    seed_everything(int(option(args, "seed")))
-                    algo = classes[index](**args["model_params"])
-                    vad.train_algo(
-                        algo,
-                        dataset_key,
-                        config.metrics,
-                        run_time=run_time,
-                        model_dataset_path=str(pair.path),
-                        run_description=run_description,
-                        model_arguments=args,
-                    )
-                    read_written_results(pair)
-                except Exception:
-                    pair.error = traceback.format_exc()
-                    logger.error("Error on run %s, dataset %s:\n%s", pair.algo, dataset_key, pair.error)
-                summary.results.append(pair)
-                if on_result is not None:
-                    on_result(pair)
-    log_summary(summary)
-    return summary
+        return _prepare(vad, request, resolve_algorithm, root)[3]
+
+
+def run_through_visionad(
+    request: RunRequest,
+    resolve_algorithm: AlgorithmResolver,
+    root: Path,
+    on_result: Callable[[PairResult], None] | None = None,
+) -> RunSummary:
+    """``run_config`` with a VisionAD checkout: the checkout's run.py argument preparation and train_algo.
+
+    Raises:
+        PreflightError: the checks before any work found errors (nothing was run).
+    """
+    _ignored_options(request)
+    request = replace(request, config_path=_config_path(Path(request.config_path).expanduser(), root))
+    with visionad_checkout(root) as vad:
+        config, classes, parent, report = _prepare(vad, request, resolve_algorithm, root)
+        run_time, run_dir = open_run(config, request, parent, report, "visionad", root)
+        logger.info("VisionAD checkout %s", root)
+        backend = _VisionADBackend(vad, list(config.metrics), run_time, request.run_description)
+        return run_pairs(
+            config, classes, backend, run_dir, request.device, request.wandb, request.resume_dir is not None,
+            on_result,
+        )  # fmt: skip

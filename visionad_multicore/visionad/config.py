@@ -64,6 +64,7 @@ OPTIONAL_MODEL_KEYS: dict[str, Any] = {
     "hard_time_limit": None,
     "dataset_list_override": None,
     "specific_evaluation_regime": None,
+    "num_workers": None,  # ours (VisionAD's loaders have none): data-loader worker processes, None = auto
     "pre_pro_transforms": None,  # set by the runner, as VisionAD's run.py does
     "image_interpolation": None,  # ours: resize filter of images (masks stay as identical_transforms)
 }
@@ -74,6 +75,30 @@ AlgorithmResolver = Callable[[str], type]
 
 class ConfigError(ValueError):
     """A config file is missing, malformed, or names something that does not exist."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a caller of ``run_config`` / ``check_config`` asked for (see ``runner.run_config``).
+
+    Attributes:
+        config_path: the config file (as given; resolved by the runner).
+        run_description, device, wandb, data_root, registry_path, results_dir: as ``run_config``'s arguments.
+        resume_dir: the run folder of an interrupted run to finish, else None.
+        run_time: that run's start time (``data.json["time"]``), else None (a new run gets the current time).
+        progress: progress bars while checking files.
+    """
+
+    config_path: Path
+    run_description: str = ""
+    device: str | None = None
+    wandb: bool | None = None
+    data_root: str | os.PathLike[str] | None = None
+    registry_path: str | os.PathLike[str] | None = None
+    results_dir: str | os.PathLike[str] | None = None
+    resume_dir: Path | None = None
+    run_time: str | None = None
+    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,6 +189,11 @@ def check_model_keys(model: Any, index: int, path: Path, device_given: bool) -> 
         raise ConfigError(f"{where} has unknown key(s) {unknown}; valid keys: {', '.join(MODEL_KEYS)}")
     if not isinstance(model["model_params"], Mapping):
         raise ConfigError(f"{where}: model_params must be a dict, got {type(model['model_params']).__name__}")
+    if model.get("num_workers") is not None:
+        try:
+            resolve_num_workers(model["num_workers"], None)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
     try:
         check_image_interpolation(model.get("image_interpolation"))
     except ValueError as err:
@@ -201,6 +231,24 @@ def prepare_model_arguments(
 def option(args: Mapping[str, Any], key: str) -> Any:
     """``args[key]``, or the default of the optional key ``key`` when the dict lacks it."""
     return args[key] if key in args else copy.deepcopy(OPTIONAL_MODEL_KEYS[key])
+
+
+def resolve_num_workers(value: Any, device: str | None) -> int:
+    """Data-loader worker processes for a model dict's ``num_workers`` (VisionAD's loaders use none).
+
+    ``None`` (the default) chooses: 0 on a CPU device, where workers would compete with the model for the
+    same cores; ``min(4, CPU cores - 1)`` on a GPU, where decoding images in parallel keeps the GPU busy.
+
+    Raises:
+        ConfigError: not None and not an integer >= 0.
+    """
+    if value is None:
+        if device is None or str(device).startswith("cpu"):
+            return 0
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"num_workers must be an integer >= 0 or None (automatic), got {value!r}")
+    return value
 
 
 def dataset_keys(model: Mapping[str, Any], config: RunConfig) -> list[str]:

@@ -20,8 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from visionad_multicore.visionad.config import RunConfig, option
-from visionad_multicore.visionad.run_files import PairResult, jsonable, write_json_atomic, write_pickle_atomic
+from visionad_multicore.visionad.config import RunConfig, option, resolve_num_workers
+from visionad_multicore.visionad.run_files import (
+    PairResult,
+    jsonable,
+    write_json_atomic,
+    write_marker,
+    write_pickle_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +126,7 @@ def train_and_evaluate(
         args: the model dict resolved by :func:`prepare_model_arguments`.
     """
     from visionad_multicore.visionad.loaders import create_dataloaders
-    from visionad_multicore.visionad.metrics import run_metrics
+    from visionad_multicore.visionad.metrics import metric_failures, run_metrics
 
     out_dir = pair.path
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +138,7 @@ def train_and_evaluate(
         test_batch_size=args["test_batch_size"],
         shuffle=True,
         seed=int(option(args, "seed")),
-        num_workers=0,
+        num_workers=resolve_num_workers(option(args, "num_workers"), args["model_params"]["device"]),
         device=args["model_params"]["device"],
         image_interpolation=option(args, "image_interpolation"),
         **dataset,
@@ -198,6 +204,7 @@ def train_and_evaluate(
                     targets_set,
                     paths_set,
                     include_metric_data=bool(args["save_metric_meta_data"]),
+                    pixel_labels=bool(dataset.get("pixel_labels", True)),
                 )
                 metric_time = time.perf_counter() - start
                 predictions = (heatmap_set, image_score_set, targets_set, paths_set)
@@ -224,7 +231,7 @@ def train_and_evaluate(
                     "metrics": flat,
                     "batch_size": args["batch_size"],
                 }
-                epoch_best = max(flat.get(best_metric, {}).values(), default=-np.inf)
+                epoch_best = max(_numbers(flat.get(best_metric, {})).values(), default=-np.inf)
                 if save_best and epoch_best > best_score:
                     best_score = epoch_best
                     write_pickle_atomic(out_dir / "best.pk", predictions)
@@ -237,7 +244,7 @@ def train_and_evaluate(
                     {
                         f"{metric}_{method}": value
                         for metric, item in flat.items()
-                        for method, value in item.items()
+                        for method, value in _numbers(item).items()
                     }
                 )
                 wandb_run.log(
@@ -253,7 +260,10 @@ def train_and_evaluate(
                 )
                 pair.evaluated_epochs.append(epoch)
                 pair.metrics = flat
+                pair.metric_failures += [f"epoch {epoch}: {f}" for f in metric_failures(metric_results)]
                 logger.info("Epoch %d results written to %s", epoch, epoch_dir)
+            if epoch_dir.is_dir():
+                write_marker(epoch_dir)  # last: the epoch folder is complete
             if end_run:
                 logger.info(
                     "Time limit reached after epoch %d (train time %.1f s): stopping", epoch, total_train_time
@@ -261,6 +271,11 @@ def train_and_evaluate(
                 break
     finally:
         wandb_run.finish()
+
+
+def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries of ``{method: value}`` (failed / not computable methods hold strings)."""
+    return {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _every(n: int | None, epoch: int) -> bool:
