@@ -33,7 +33,7 @@ TINY_PARAMS: dict[str, Any] = {
     "validation_fraction": 0.25,
     "progress": False,
 }
-METHODS = ["multicore", "ensemble_mean", "p1_euclidean_p3_s1", "p2_minkowski3_p1_s1"]
+METHODS = ["multicore", "multicore_hfm", "ensemble_mean", "p1_euclidean_p3_s1", "p2_minkowski3_p1_s1"]
 
 
 def tiny_loaders(root: Path) -> tuple[Any, Any, Any]:
@@ -74,8 +74,10 @@ def trained(
 def test_hooks_and_method_keys(trained: tuple[WrapperMultiCore, Path, tuple]) -> None:
     algo, _, loaders = trained
     assert algo.model.hfm_epochs_ == 1 and algo.model.is_prepared
-    assert algo.model.fusion_ is not None and not algo.model.fusion_.training
+    assert algo.model.hfm_ is not None and not algo.model.hfm_.training
     heatmaps, scores = evaluate(algo, loaders)
+    chosen = "ensemble_mean" if algo.model.fusion_ is None else "multicore_hfm"
+    assert torch.equal(heatmaps["multicore"], heatmaps[chosen])
     assert list(heatmaps) == METHODS and list(scores) == METHODS
     for method in METHODS:
         assert heatmaps[method].shape == (4, 64, 64)
@@ -103,7 +105,10 @@ def test_save_load_fresh_instance_identical(trained: tuple[WrapperMultiCore, Pat
     algo, location, loaders = trained
     assert {p.name for p in location.iterdir()} >= {"model_params.json", "multicore.pt", "hfm_history.json"}
     history = json.loads((location / "hfm_history.json").read_text())
-    assert len(history) == 1 and history[0]["is_best"]
+    assert len(history["epochs"]) == 1 and history["epochs"][0]["is_best_trained"]
+    assert history["multicore_is"] in ("ensemble_mean", "hfm_epoch_0")
+    assert history["multicore_is"] == history["epochs"][-1]["multicore_is"]
+    assert set(history["validation_before_training"]["members"]) == set(METHODS[3:])
     before = evaluate(algo, loaders)
     fresh = WrapperMultiCore()
     fresh.load_model(location)  # no training loader attached

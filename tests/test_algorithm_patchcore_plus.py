@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from visionad_multicore.algorithms.patchcore_plus import METHOD, METHOD_REWEIGHTED, WrapperPatchCorePlus
+from visionad_multicore.algorithms.patchcore_plus import METHOD, WrapperPatchCorePlus
 from visionad_multicore.visionad.loaders import create_dataloaders
 from visionad_multicore.visionad.metrics import image_auroc
+
+METHOD_MAX = f"{METHOD}_max"
 
 
 def tiny_loaders(
@@ -49,9 +51,12 @@ def test_hooks_and_outputs(trained: tuple[WrapperPatchCorePlus, tuple[Any, Any, 
     for split, n in (("regular", 4), ("novel", 4)):
         heatmaps = heatmap_set[f"heatmap_set_{split}"]
         scores = score_set[f"image_score_set_{split}"]
-        assert set(heatmaps) == set(scores) == {METHOD, METHOD_REWEIGHTED}
+        assert set(heatmaps) == set(scores) == {METHOD, METHOD_MAX}
         assert heatmaps[METHOD].shape == (n, 1, 256, 256)
         assert scores[METHOD].shape == (n,)
+        # the default score is PatchCore's re-weighted one; the heatmap maximum comes as patchcore_plus_max
+        torch.testing.assert_close(scores[METHOD_MAX], heatmaps[METHOD].flatten(1).amax(1))
+        assert not torch.equal(scores[METHOD], scores[METHOD_MAX])
     reg, nov = score_set["image_score_set_regular"], score_set["image_score_set_novel"]
     assert image_auroc(reg[METHOD].numpy(), nov[METHOD].numpy()) == 1.0
 
@@ -85,7 +90,7 @@ def test_save_load_fresh_instance_bit_identical(
     fresh = WrapperPatchCorePlus()  # default params, no loaders: everything comes from the files
     fresh.load_model(tmp_path / "model")
     after = fresh.eval_outputs_dataloader(((images, None) for _ in range(1)), 1)
-    for method in (METHOD, METHOD_REWEIGHTED):
+    for method in (METHOD, METHOD_MAX):
         assert torch.equal(before[0][method], after[0][method])
         assert torch.equal(before[1][method], after[1][method])
 

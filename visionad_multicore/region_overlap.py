@@ -137,15 +137,28 @@ def pro_area(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> tuple[float,
 
 
 def aupro_arrays(
-    amaps: np.ndarray, gt: np.ndarray, num_thresholds: int = 200, fpr_limit: float = 0.3
+    amaps: np.ndarray,
+    gt: np.ndarray,
+    num_thresholds: int = 200,
+    fpr_limit: float = 0.3,
+    allow_reversed: bool = True,
 ) -> tuple[float, dict[str, Any]]:
     """AUPRO of checked arrays: the larger of the forward and the reversed curve's area (VisionAD's rule).
+
+    Args:
+        amaps, gt, num_thresholds: as :func:`pro_counts`.
+        fpr_limit: Keep curve points with a false positive rate below this.
+        allow_reversed: VisionAD's rule (also score the map upside down and keep the larger area). ``False``
+            scores the forward curve only: what a model selection needs, where a map that ranks defects
+            *below* normal pixels must not score well.
 
     Returns:
         ``(score, info)`` with ``reversed`` and the winning branch's curves.
     """
     _, pro, fpr = pro_counts(amaps, gt, num_thresholds)
     forward, forward_info = pro_area(fpr, pro, fpr_limit)
+    if not allow_reversed:
+        return forward, {"reversed": False, **forward_info}
     backward, backward_info = pro_area(1 - fpr, 1 - pro, fpr_limit)
     if backward > forward:  # ties go to the forward curve, like np.argmax in VisionAD
         return backward, {"reversed": True, **backward_info}

@@ -44,9 +44,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from visionad_multicore.atomic import atomic_path, atomic_write_text
-from visionad_multicore.ensemble import PredictorSpec, Preset
 from visionad_multicore.patchcore.backbone import build_backbone
 from visionad_multicore.patchcore.predictor import PatchCorePlus
+from visionad_multicore.preset import PredictorSpec, Preset
 
 log = logging.getLogger(__name__)
 

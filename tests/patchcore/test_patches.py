@@ -143,7 +143,7 @@ def test_local_mean_equal_gives_both_layers_the_same_total_weight() -> None:
 
 def test_aggregation_names() -> None:
     assert resolve_aggregation("auto", "wideresnet50") == "paper"
-    assert resolve_aggregation("auto", "efficientnet_lite0") == "local_mean"
+    assert resolve_aggregation("auto", "efficientnet_lite0") == "local_mean_equal"
     assert resolve_aggregation("local_mean_equal", "wideresnet50") == "local_mean_equal"
     with pytest.raises(ValueError, match="local_mean"):
         resolve_aggregation("mean", "efficientnet_lite0")

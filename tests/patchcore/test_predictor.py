@@ -179,9 +179,9 @@ def test_wideresnet50_keeps_the_papers_patch_pipeline() -> None:
     torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_small_backbone_defaults_to_local_mean(
+def test_small_backbone_defaults_to_local_mean_equal(
     fitted: tuple[PatchCorePlus, torch.Tensor, torch.Tensor],
 ) -> None:
     model = fitted[0]
-    assert model.feature_aggregation == "auto" and model.aggregation == "local_mean"
+    assert model.feature_aggregation == "auto" and model.aggregation == "local_mean_equal"
     assert model.memory_bank_.shape[1] == 40 + 112  # Lite0's channels, nothing repeated

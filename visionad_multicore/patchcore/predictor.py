@@ -124,7 +124,7 @@ class PatchCorePlus:
         backbone_weights: optional local weights file for the backbone.
         feature_dim: dimension of the pooled patch features (``local_mean``: at most this many).
         feature_aggregation: how p x p neighbourhoods become vectors: ``auto`` (``paper`` for ``wideresnet50``,
-            ``local_mean`` for other backbones), ``paper``, ``local_mean`` or ``local_mean_equal``; see
+            ``local_mean_equal`` for other backbones), ``paper``, ``local_mean`` or ``local_mean_equal``; see
             :mod:`visionad_multicore.patchcore.patches`.
         projection_dim: random-projection dimension of the coreset selection.
         knn_backend: ``auto`` (faiss if installed), ``faiss`` or ``torch``.

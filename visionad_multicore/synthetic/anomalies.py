@@ -109,7 +109,8 @@ class AnomalyMix:
         unknown = sorted(set(values) - set(valid))
         if unknown:
             raise ValueError(f"AnomalyMix: unknown keys {unknown}; valid keys are {valid}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**kwargs)
 
 
 PRESETS: dict[str, AnomalyMix] = {
@@ -226,7 +227,7 @@ def _cutpaste(
 
 
 def _texture(image: torch.Tensor, mix: AnomalyMix, generator: torch.Generator) -> torch.Tensor:
-    field = _smooth_field(tuple(image.shape[1:]), generator)  # (H, W) in [-1, 1]
+    field = _smooth_field((int(image.shape[1]), int(image.shape[2])), generator)  # (H, W) in [-1, 1]
     amplitude = _uniform(generator, *mix.texture_amplitude)
     if float(torch.rand((), generator=generator)) < 0.5:
         return image + amplitude * field[None]

@@ -128,7 +128,7 @@ def with_image_interpolation(transform: Transform | None, name: str | None) -> T
     Raises:
         ValueError: ``name`` is unknown, or ``transform`` holds no ``Resize`` for it to act on.
     """
-    if check_image_interpolation(name) is None or transform is None:
+    if name is None or check_image_interpolation(name) is None or transform is None:
         return transform
     out = copy.deepcopy(transform)
     resizes = [t for t in getattr(out, "transforms", [out]) if isinstance(t, transforms.Resize)]
