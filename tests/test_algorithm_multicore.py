@@ -80,7 +80,7 @@ def test_hooks_and_method_keys(trained: tuple[WrapperMultiCore, Path, tuple]) ->
     assert torch.equal(heatmaps["multicore"], heatmaps[chosen])
     assert list(heatmaps) == METHODS and list(scores) == METHODS
     for method in METHODS:
-        assert heatmaps[method].shape == (4, 64, 64)
+        assert heatmaps[method].shape == (4, 256, 256)
         assert scores[method].shape == (4,)
         assert torch.isfinite(heatmaps[method]).all()
 
@@ -151,3 +151,37 @@ def test_load_in_a_new_process_gives_identical_outputs(
     other = torch.load(out, weights_only=True)
     for method in METHODS:
         assert torch.equal(heatmaps[method], other[method]), method
+
+
+def test_zero_epochs_through_the_runner_is_the_ensemble_mean(tiny_mvtec: Path, tmp_path: Path) -> None:
+    """``epochs: 0`` evaluates the untrained module: multicore and multicore_hfm equal ensemble_mean exactly."""
+    from tests.fake_visionad import write_visionad_config
+    from visionad_multicore.algorithms import get_algorithm
+    from visionad_multicore.visionad.runner import run_config
+
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text(f"datasets:\n  tiny:\n    path: {tiny_mvtec}\n")
+    config = write_visionad_config(
+        tmp_path / "cfg.py",
+        models=[
+            {
+                "algo_class_name": "multicore",
+                "model_params": TINY_PARAMS,
+                "epochs": 0,
+                "save_model_every_n_epochs": 1,
+            }
+        ],
+        dataset_list=["tiny"],
+        metrics=["Imagewise_AUC", "Pixelwise_AUC", "Pixelwise_AUPRO"],
+        size=64,
+    )
+    summary = run_config(
+        config, registry_path=registry, results_dir=tmp_path / "res", resolve_algorithm=get_algorithm
+    )
+    assert summary.ok
+    (pair,) = summary.results
+    assert pair.evaluated_epochs == [0]
+    for metric, values in pair.metrics.items():
+        assert values["multicore"] == values["ensemble_mean"] == values["multicore_hfm"], metric
+    history = json.loads((pair.path / "0" / "model" / "hfm_history.json").read_text())
+    assert history["multicore_is"] == "ensemble_mean" and history["epochs_trained"] == 0

@@ -287,15 +287,18 @@ def test_heatmaps_every_epoch_and_evaluation_regime(tmp_path, registry):
 
 
 def test_dataset_list_override_and_zero_epochs(tmp_path, registry):
+    cls, resolve = recording_resolver()
     config = write_visionad_config(
         tmp_path / "cfg.py",
-        models=[{"dataset_list_override": ["tiny"], "epochs": 0}],
+        models=[{"algo_class_name": "recording", "dataset_list_override": ["tiny"], "epochs": 0}],
         dataset_list=["no_such_key"],
         metrics=["Imagewise_AUC"],
     )
-    summary = run(config, registry, tmp_path / "res")
+    summary = run(config, registry, tmp_path / "res", resolve=resolve)
     assert summary.ok and [r.dataset for r in summary.results] == ["tiny"]
-    assert summary.results[0].evaluated_epochs == [0]  # epochs 0 runs one epoch, like VisionAD
+    # epochs 0 evaluates the untrained algorithm once, in epoch folder 0, without a training epoch
+    assert summary.results[0].evaluated_epochs == [0]
+    assert cls.log == ["pre_eval", "eval", "eval"]
 
 
 def test_same_seed_same_results_and_env_results_dir(tmp_path, registry, monkeypatch):

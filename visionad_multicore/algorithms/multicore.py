@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from visionad_multicore.atomic import atomic_path, atomic_write_text
@@ -92,6 +93,8 @@ class WrapperMultiCore(ModelWrapper):
         selection_metric: ``aupro`` (default), ``pixel_ap``, ``pixel_auroc`` or ``loss`` on the validation set.
         selection_margin: How much a trained epoch must beat the ensemble mean by to be used as ``multicore``.
         image_auroc_tolerance: Largest drop of the validation image AUROC below the mean's a chosen epoch may have.
+        heatmap_size: Side of the square maps returned (VisionAD scores 256 x 256 maps; the image scores are
+            taken before any resize); ``None`` keeps the input size.
         feature_batch_size: Images per backbone pass during preparation.
         cache_dtype: ``float16`` or ``float32`` synthetic-heatmap cache.
         seed: Seed of everything random.
@@ -133,6 +136,7 @@ class WrapperMultiCore(ModelWrapper):
         selection_metric: str = "aupro",
         selection_margin: float = 0.0,
         image_auroc_tolerance: float = 0.01,
+        heatmap_size: int | None = 256,
         feature_batch_size: int = 8,
         cache_dtype: str = "float16",
         seed: int = 0,
@@ -204,6 +208,7 @@ class WrapperMultiCore(ModelWrapper):
             "selection_metric": selection_metric,
             "selection_margin": float(selection_margin),
             "image_auroc_tolerance": float(image_auroc_tolerance),
+            "heatmap_size": None if heatmap_size is None else int(heatmap_size),
             "feature_batch_size": int(feature_batch_size),
             "cache_dtype": cache_dtype,
             "seed": int(seed),
@@ -286,9 +291,16 @@ class WrapperMultiCore(ModelWrapper):
                 heatmap_parts.setdefault(method, []).append(value)
             for method, value in scores.items():
                 score_parts.setdefault(method, []).append(value)
-        heatmaps_out = {m: torch.cat(parts) for m, parts in heatmap_parts.items()}
+        heatmaps_out = {m: self._to_heatmap_size(torch.cat(parts)) for m, parts in heatmap_parts.items()}
         scores_out = {m: torch.cat(parts) for m, parts in score_parts.items()}
         return heatmaps_out, scores_out
+
+    def _to_heatmap_size(self, maps: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W)`` maps resized (bilinear) to ``heatmap_size`` squared when they are another size."""
+        size = self.params["heatmap_size"]
+        if size is None or tuple(maps.shape[-2:]) == (size, size):
+            return maps
+        return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
     def save_model(self, location: str | os.PathLike[str]) -> None:
         """Write ``model_params.json``, ``multicore.pt`` and ``hfm_history.json`` into ``location``."""

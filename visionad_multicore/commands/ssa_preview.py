@@ -41,7 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", default=None, help="extra dataset registry YAML")
     parser.add_argument("--seed", type=int, default=0, help="seed of the masks, pairing and noise")
     parser.add_argument("--size", type=int, default=256, help="model input size d (masks and images)")
-    parser.add_argument("--noise_std", type=float, default=0.5, help="noise std in [0, 1] pixel units")
+    parser.add_argument(
+        "--mix",
+        default="mixed",
+        help="content of the example anomalies: paper (noise of --noise_std, the paper's), mixed (default), subtle",
+    )
+    parser.add_argument(
+        "--noise_std", type=float, default=0.5, help="noise std in [0, 1] pixel units (--mix paper)"
+    )
     parser.add_argument("--per_channel", action="store_true", help="independent noise per colour channel")
     parser.add_argument(
         "--bank_share", type=float, default=0.8, help="share of training images kept for banks"
@@ -122,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         noise_std=args.noise_std,
         per_channel=args.per_channel,
         seed=args.seed,
+        mix=None if args.mix == "paper" else args.mix,
     )
     fig = preview_figure(mask_set, synthetic, source=source)
     out = Path(args.out)

@@ -175,7 +175,7 @@ class _VisionADBackend:
             run_time=self.run_time,
             model_dataset_path=str(pair.path),
             run_description=self.run_description,
-            model_arguments=dict(args),
+            model_arguments={**args, "epochs": max(1, int(args["epochs"]))},  # run.py turns 0 into 1
         )
         read_written_results(pair)
         for epoch_dir in sorted(p for p in pair.path.iterdir() if p.is_dir() and p.name.isdigit()):

@@ -208,7 +208,8 @@ def prepare_model_arguments(
     Fills :data:`VISIONAD_DEFAULTS`; ``device`` (if given) overrides the dict's ``device`` and is copied into
     ``model_params["device"]``; ``wandb`` (if given) overrides the dict's ``wandb`` (default False) and is
     copied into ``model_params["wandb"]``; sets ``pre_pro_transforms = Compose([Normalize(mean, std)])`` from
-    the dataset; ``epochs == 0`` becomes 1.
+    the dataset. ``epochs == 0`` stays 0: our loop then evaluates the untrained algorithm once (epoch folder
+    ``0``) without calling ``train_one_epoch``; a VisionAD checkout's loop gets 1, as its ``run.py`` makes it.
     """
     args = dict(model)
     args["model_params"] = dict(model["model_params"])
@@ -223,8 +224,6 @@ def prepare_model_arguments(
     args["pre_pro_transforms"] = transforms.Compose(
         [transforms.Normalize(mean=dataset["mean"], std=dataset["std"])]
     )
-    if args["epochs"] == 0:
-        args["epochs"] = 1
     return args
 
 

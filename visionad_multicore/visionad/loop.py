@@ -163,16 +163,20 @@ def train_and_evaluate(
     best_score = -np.inf
     start_time = time.perf_counter()
     epochs = int(args["epochs"])
+    train = epochs > 0  # epochs: 0 evaluates the untrained algorithm once, in epoch folder 0
     try:
-        for epoch in tqdm(range(epochs), desc=f"{args['algo_class_name']} {dataset_key}", unit="epoch"):
+        for epoch in tqdm(
+            range(max(epochs, 1)), desc=f"{args['algo_class_name']} {dataset_key}", unit="epoch"
+        ):
             epoch_dir = out_dir / str(epoch)
             wandb_run.log({"epoch": epoch})
             start = time.perf_counter()
-            algo.train_one_epoch()
+            if train:
+                algo.train_one_epoch()
             total_train_time += time.perf_counter() - start
 
             save_model = _every(args["save_model_every_n_epochs"], epoch)
-            evaluate = _every(args["evaluate_n_epochs"], epoch) or epoch + 1 >= epochs
+            evaluate = _every(args["evaluate_n_epochs"], epoch) or epoch + 1 >= epochs or not train
             # VisionAD: save_heatmaps_n_epochs == 0 saves (and so evaluates) every epoch; None never.
             save_heatmaps = args["save_heatmaps_n_epochs"] == 0 or _every(
                 args["save_heatmaps_n_epochs"], epoch

@@ -6,7 +6,7 @@ does what VisionAD's ``run.py`` + ``wrapper/wrapper.py::train_algo`` do:
 
 1. load the dataset dict; build the loaders with ``Normalize(mean, std)`` as ``pre_pro_transforms``;
 2. build ``AlgoClass(**model_params)`` (``model_params`` receives ``device`` and ``wandb``);
-   ``enter_dataloaders``; ``epochs == 0`` runs one epoch;
+   ``enter_dataloaders``; ``epochs == 0`` evaluates once without training (VisionAD's run.py makes it 1);
 3. per epoch: ``train_one_epoch`` (timed: train time excludes evaluation), then, when the epoch saves or
    evaluates, ``pre_eval_processing``; ``save_model`` every ``save_model_every_n_epochs``; ``test`` +
    metrics every ``evaluate_n_epochs``, at the last epoch, whenever heatmaps are saved, and at the epoch in
