@@ -519,6 +519,35 @@ class MultiCore:
             "members": {k: v.to_dict() for k, v in self._trainer.member_validation.items()},
         }
 
+    def history_summary(self) -> dict[str, Any]:
+        """What ``multicore`` is, in plain words, the validation baselines and every epoch (JSON-ready)."""
+        self.finalize()
+        mean_chosen = self.fusion_ is None
+        return {
+            "multicore_is": "ensemble_mean" if mean_chosen else f"hfm_epoch_{self.selected_epoch_}",
+            "explanation": (
+                "no trained HFM epoch beat the ensemble mean on the validation set, so multicore is the ensemble mean"
+                if mean_chosen
+                else f"HFM epoch {self.selected_epoch_} beat the ensemble mean on the validation set"
+            ),
+            "multicore_hfm_epoch": self.hfm_best_epoch_,
+            "epochs_trained": self.hfm_epochs_,
+            "selection_metric": self.hfm.selection_metric,
+            "validation_before_training": self.validation_summary(),
+            "epochs": [
+                {
+                    "epoch": r.epoch,
+                    "train_loss": r.train_loss,
+                    "validation": r.validation.to_dict(),
+                    "is_candidate": r.is_candidate,
+                    "is_best_trained": r.is_best_trained,
+                    "gain_confidence": r.gain_confidence,
+                    "multicore_is": "ensemble_mean" if r.selected < 0 else f"hfm_epoch_{r.selected}",
+                }
+                for r in self.history
+            ],
+        }
+
     def finalize(self) -> None:
         """Put the chosen module (or the mean) and the best trained epoch into use (cheap; before predict)."""
         if self._trainer is not None and self._fusion_stale:

@@ -9,13 +9,22 @@ vectorised counting and the dtype rules are documented in the harness module's d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from skimage import measure
 from sklearn.metrics import auc as sklearn_auc
 
-__all__ = ["aupro_arrays", "aupro_thresholds", "comparable_thresholds", "pro_area", "pro_counts"]
+__all__ = [
+    "aupro_arrays",
+    "aupro_thresholds",
+    "comparable_thresholds",
+    "per_image_pro",
+    "pro_area",
+    "pro_counts",
+    "weighted_aupro",
+]
 
 # numpy < 2 rounds a float64 scalar to the array's dtype before comparing (value-based casting).
 _LEGACY_PROMOTION = np.lib.NumpyVersion(np.__version__) < "2.0.0"
@@ -83,28 +92,15 @@ def pro_counts(
     Raises:
         ValueError: no anomalous region in any mask.
     """
-    thresholds = aupro_thresholds(amaps, int(num_thresholds))
-    if np.any(np.diff(thresholds) < 0):  # np.arange is monotone; the counting relies on it
-        raise RuntimeError("AUPRO thresholds are not ascending")
-    work_thresholds, work_dtype = comparable_thresholds(thresholds, amaps.dtype)
-    n_bins = thresholds.size + 1
-
+    thresholds = _checked_thresholds(amaps, num_thresholds)
     fp = np.zeros(thresholds.size, dtype=np.int64)  # (T,) regular pixels >= each threshold
     region_hists: list[np.ndarray] = []  # per image: (R_i, n_bins)
     region_areas: list[np.ndarray] = []  # per image: (R_i,)
-    for amap, mask in zip(amaps, gt):
-        values = amap.ravel().astype(work_dtype, copy=False)  # (H*W,)
-        regions = measure.label(mask).ravel()  # (H*W,) 0 = background, 1..R_i regions
-        inside = regions > 0
-        regular = np.sort(values[~inside])
-        fp += regular.size - np.searchsorted(regular, work_thresholds, side="left")
-        n_regions = int(regions.max())
-        if n_regions == 0:
-            continue
-        bins = np.searchsorted(work_thresholds, values[inside], side="right")  # thresholds <= value
-        flat = (regions[inside].astype(np.int64) - 1) * n_bins + bins
-        region_hists.append(np.bincount(flat, minlength=n_regions * n_bins).reshape(n_regions, n_bins))
-        region_areas.append(np.bincount(regions[inside], minlength=n_regions + 1)[1:])
+    for image_fp, hist, areas in _image_counts(amaps, gt, thresholds):
+        fp += image_fp
+        if len(areas):
+            region_hists.append(hist)
+            region_areas.append(areas)
     if not region_hists:
         raise ValueError("masks: no anomalous region in any mask, the per-region overlap is undefined")
 
@@ -117,6 +113,89 @@ def pro_counts(
     with np.errstate(invalid="ignore", divide="ignore"):
         fpr = fp / n_regular  # NaN when no regular pixel, as in VisionAD
     return thresholds, pro, fpr
+
+
+def _checked_thresholds(amaps: np.ndarray, num_thresholds: int) -> np.ndarray:
+    thresholds = aupro_thresholds(amaps, int(num_thresholds))
+    if np.any(np.diff(thresholds) < 0):  # np.arange is monotone; the counting relies on it
+        raise RuntimeError("AUPRO thresholds are not ascending")
+    return thresholds
+
+
+def _image_counts(
+    amaps: np.ndarray, gt: np.ndarray, thresholds: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per image: regular pixels ``>=`` each threshold ``(T,)``, region histograms ``(R_i, T + 1)``, areas ``(R_i,)``."""
+    work_thresholds, work_dtype = comparable_thresholds(thresholds, amaps.dtype)
+    n_bins = thresholds.size + 1
+    for amap, mask in zip(amaps, gt):
+        values = amap.ravel().astype(work_dtype, copy=False)  # (H*W,)
+        regions = measure.label(mask).ravel()  # (H*W,) 0 = background, 1..R_i regions
+        inside = regions > 0
+        regular = np.sort(values[~inside])
+        fp = regular.size - np.searchsorted(regular, work_thresholds, side="left")  # (T,)
+        n_regions = int(regions.max())
+        if n_regions == 0:
+            yield fp, np.zeros((0, n_bins), dtype=np.int64), np.zeros(0, dtype=np.int64)
+            continue
+        bins = np.searchsorted(work_thresholds, values[inside], side="right")  # thresholds <= value
+        flat = (regions[inside].astype(np.int64) - 1) * n_bins + bins
+        hist = np.bincount(flat, minlength=n_regions * n_bins).reshape(n_regions, n_bins)
+        yield fp, hist, np.bincount(regions[inside], minlength=n_regions + 1)[1:]
+
+
+def per_image_pro(
+    amaps: np.ndarray, gt: np.ndarray, num_thresholds: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image pieces of the PRO curve, for resampling images (e.g. a bootstrap of AUPRO).
+
+    At the thresholds of the whole set (:func:`aupro_thresholds`), image ``i`` contributes
+    ``pro_sum[i]`` (the sum over its regions of each region's overlap), ``n_regions[i]``, ``fp[i]`` (its
+    regular pixels ``>=`` each threshold) and ``n_regular[i]``. For image weights ``w`` (e.g. bootstrap
+    counts), ``pro = w @ pro_sum / w @ n_regions`` and ``fpr = w @ fp / w @ n_regular``; with all weights 1
+    this is :func:`pro_counts`' curve (summed in another order).
+
+    Returns:
+        ``(pro_sum (N, T), n_regions (N,), fp (N, T), n_regular (N,))`` as float64.
+    """
+    thresholds = _checked_thresholds(amaps, num_thresholds)
+    pro_sum, n_regions, fps, n_regular = [], [], [], []
+    for (fp, hist, areas), mask in zip(_image_counts(amaps, gt, thresholds), gt):
+        tp = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (R_i, T)
+        pro_sum.append(
+            (tp / np.maximum(areas, 1)[:, None]).sum(axis=0) if len(areas) else np.zeros(thresholds.size)
+        )
+        n_regions.append(len(areas))
+        fps.append(fp)
+        n_regular.append(int((~mask).sum()))
+    return (
+        np.asarray(pro_sum, dtype=np.float64),
+        np.asarray(n_regions, dtype=np.float64),
+        np.asarray(fps, dtype=np.float64),
+        np.asarray(n_regular, dtype=np.float64),
+    )
+
+
+def weighted_aupro(
+    pieces: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], weights: np.ndarray, fpr_limit: float = 0.3
+) -> np.ndarray:
+    """Forward AUPRO of :func:`per_image_pro`'s pieces under image weights ``(N,)`` or ``(B, N)`` -> ``(B,)``.
+
+    The area is taken as :func:`pro_area` takes it (points with ``fpr < fpr_limit``, fpr divided by its largest
+    kept value, trapezoids); 0 where fewer than two points are kept.
+    """
+    pro_sum, n_regions, fp, n_regular = pieces
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))  # (B, N)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pro = (w @ pro_sum) / (w @ n_regions)[:, None]  # (B, T)
+        fpr = (w @ fp) / (w @ n_regular)[:, None]  # (B, T)
+    out = np.zeros(len(w))
+    for b in range(len(w)):
+        keep = fpr[b] < fpr_limit
+        x, y = fpr[b][keep], pro[b][keep]
+        if x.size >= 2 and x.max() > 0:  # fpr falls as the threshold rises: the area is -trapezoid, as auc()
+            out[b] = float(-np.trapezoid(y, x / x.max()))
+    return out
 
 
 def pro_area(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> tuple[float, dict[str, list[float]]]:

@@ -133,6 +133,7 @@ def test_training_that_helps_is_chosen_and_the_mean_is_a_candidate() -> None:
     assert not trainer.mean_selected and trainer.selected_epoch >= 0
     chosen = records[trainer.selected_epoch]
     assert chosen.validation.aupro > trainer.mean_validation.aupro and chosen.is_candidate
+    assert chosen.gain_confidence >= CONFIG.selection_confidence  # the gain holds in the bootstrap
     assert trainer.member_validation["member0"].aupro > trainer.mean_validation.aupro
     model = trainer.selected_model()
     assert model is not None and not model.training

@@ -309,37 +309,8 @@ class WrapperMultiCore(ModelWrapper):
         with atomic_path(path) as tmp:
             torch.save(self.model.state_dict(), tmp)
         atomic_write_text(
-            Path(location) / HISTORY_FILE, json.dumps(_strict_json(self.hfm_history()), indent=1)
+            Path(location) / HISTORY_FILE, json.dumps(_strict_json(self.model.history_summary()), indent=1)
         )
-
-    def hfm_history(self) -> dict[str, Any]:
-        """What ``hfm_history.json`` holds: the choice in plain words, the baselines and every epoch."""
-        model = self.model
-        model.finalize()
-        mean_chosen = model.fusion_ is None
-        return {
-            "multicore_is": "ensemble_mean" if mean_chosen else f"hfm_epoch_{model.selected_epoch_}",
-            "explanation": (
-                "no trained HFM epoch beat the ensemble mean on the validation set, so multicore is the ensemble mean"
-                if mean_chosen
-                else f"HFM epoch {model.selected_epoch_} beat the ensemble mean on the validation set"
-            ),
-            "multicore_hfm_epoch": model.hfm_best_epoch_,
-            "epochs_trained": model.hfm_epochs_,
-            "selection_metric": model.hfm.selection_metric,
-            "validation_before_training": model.validation_summary(),
-            "epochs": [
-                {
-                    "epoch": r.epoch,
-                    "train_loss": r.train_loss,
-                    "validation": r.validation.to_dict(),
-                    "is_candidate": r.is_candidate,
-                    "is_best_trained": r.is_best_trained,
-                    "multicore_is": "ensemble_mean" if r.selected < 0 else f"hfm_epoch_{r.selected}",
-                }
-                for r in model.history
-            ],
-        }
 
     def load_model(self, location: str | os.PathLike[str], **kwargs: Any) -> None:
         """Restore a model written by :meth:`save_model` (works on a fresh instance with no loaders).
