@@ -50,6 +50,7 @@ from visionad_multicore.fusion.train import (
     ValidationData,
 )
 from visionad_multicore.fusion.unet import UNet
+from visionad_multicore.member_maps import LayerMaps, normalisation_stats
 from visionad_multicore.patchcore.backbone import build_backbone
 from visionad_multicore.patchcore.predictor import PatchCorePlus
 from visionad_multicore.preset import PRESETS, PredictorSpec, Preset, load_preset
@@ -69,7 +70,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 2
-_STD_FLOOR = 1e-8
 PAPER_MIX = "paper"  # the paper's noise-only content, drawn exactly as SSAConfig.noise_std says
 
 
@@ -270,10 +270,7 @@ class MultiCore:
         return out
 
     def _make_member(self, spec: PredictorSpec, index: int) -> PatchCorePlus:
-        return PatchCorePlus(
-            patch_size=spec.patch_size,
-            stride=spec.stride,
-            distance=spec.distance,
+        return spec.predictor(
             coreset_size=self.coreset_size,
             k=self.k,
             backbone=self.backbone,
@@ -371,15 +368,18 @@ class MultiCore:
         )
 
         # 1. memory banks from clean bank-share images, one backbone pass per image for all members
-        bank_images = train_images[self.bank_idx_]
-        bank_features = [
-            [f.cpu() for f in self._features(bank_images[s : s + self.batch_size])]
-            for s in self._batches(len(bank_images), "Bank features")
-        ]
+        bank = LayerMaps(
+            self._extractor(),
+            train_images[self.bank_idx_],
+            self.batch_size,
+            self.device,
+            "Bank features",
+            self.progress,
+        )
         for key, member in zip(self.member_keys, self.members):
             logger.info("Fitting the memory bank of %s", key)
-            member.fit_features([[f.to(self.device) for f in batch] for batch in bank_features])
-        del bank_features
+            member.fit_features(bank.on(self.device))
+        del bank
 
         # 2. normalisation statistics from the clean fusion-share images
         fusion_images = train_images[self.fusion_idx_]
@@ -389,8 +389,7 @@ class MultiCore:
                 for s in self._batches(len(fusion_images), "Clean fusion maps")
             ]
         )  # (F, M, H, W)
-        self.stats_mean_ = clean.double().mean(dim=(0, 2, 3)).float()  # (M,)
-        self.stats_std_ = clean.double().std(dim=(0, 2, 3)).float().clamp_min(_STD_FLOOR)  # (M,)
+        self.stats_mean_, self.stats_std_ = normalisation_stats(clean, dims=(0, 2, 3))  # (M,), (M,)
         logger.info(
             "Member normalisation (mean, std): %s",
             {

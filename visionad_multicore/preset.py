@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from visionad_multicore.patchcore.distances import check_distance
+from visionad_multicore.patchcore.predictor import PatchCorePlus
 
 __all__ = ["PRESETS", "PRESET_DIR", "PredictorSpec", "Preset", "load_preset"]
 
@@ -42,6 +43,13 @@ class PredictorSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def predictor(self, **settings: Any) -> PatchCorePlus:
+        """A :class:`PatchCorePlus` with this distance, patch size and stride; ``settings`` are its other
+        constructor arguments (coreset size, backbone, seed, ...), checked by its constructor."""
+        return PatchCorePlus(
+            patch_size=self.patch_size, stride=self.stride, distance=self.distance, **settings
+        )
 
 
 @dataclass(frozen=True)

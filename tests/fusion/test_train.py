@@ -11,14 +11,8 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
 from visionad_multicore.auroc import OneClassError
-from visionad_multicore.fusion.train import (
-    MEAN_EPOCH,
-    HFMTrainConfig,
-    HFMTrainer,
-    ValidationData,
-    evaluate_maps,
-    pixel_average_precision,
-)
+from visionad_multicore.fusion.train import MEAN_EPOCH, HFMTrainConfig, HFMTrainer
+from visionad_multicore.fusion.validation import ValidationData, evaluate_maps, pixel_average_precision
 from visionad_multicore.region_overlap import aupro_arrays
 
 
