@@ -12,7 +12,13 @@ from sklearn.metrics import average_precision_score
 
 from visionad_multicore.auroc import OneClassError
 from visionad_multicore.fusion.train import MEAN_EPOCH, HFMTrainConfig, HFMTrainer
-from visionad_multicore.fusion.validation import ValidationData, evaluate_maps, pixel_average_precision
+from visionad_multicore.fusion.validation import (
+    ValidationData,
+    evaluate_maps,
+    pixel_ap_pieces,
+    pixel_average_precision,
+    weighted_pixel_ap,
+)
 from visionad_multicore.region_overlap import aupro_arrays
 
 
@@ -59,6 +65,19 @@ def test_pixel_average_precision_matches_sklearn(seed: int) -> None:
     )
     with pytest.raises(OneClassError):
         pixel_average_precision(torch.rand(5), torch.zeros(5))
+
+
+def test_binned_pixel_ap_pieces_resample_like_repeated_images() -> None:
+    g = torch.Generator().manual_seed(4)
+    masks = torch.rand(5, 1, 24, 24, generator=g) < 0.1
+    maps = torch.randn(5, 1, 24, 24, generator=g) + 1.5 * masks.float()
+    pieces = pixel_ap_pieces(maps, masks)
+    exact = average_precision_score(masks.flatten().numpy(), maps.flatten().numpy())
+    assert weighted_pixel_ap(pieces, np.ones(5))[0] == pytest.approx(exact, abs=2e-3)  # 4096 bins
+    weights = np.array([2, 0, 1, 1, 3])
+    repeated = torch.from_numpy(np.repeat(np.arange(5), weights))
+    expected = average_precision_score(masks[repeated].flatten().numpy(), maps[repeated].flatten().numpy())
+    assert weighted_pixel_ap(pieces, weights)[0] == pytest.approx(expected, abs=2e-3)
 
 
 def test_evaluate_maps_against_independent_references() -> None:

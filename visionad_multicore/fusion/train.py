@@ -13,7 +13,7 @@ Candidates and the choice (:class:`HFMTrainer`):
   UNet`), competes as epoch ``-1``;
 - every trained epoch is a candidate if its validation image AUROC (max of the map per image) is not below
   the mean's by more than ``image_auroc_tolerance``; a trained epoch replaces the mean only if it beats it by
-  more than ``selection_margin`` on ``selection_metric`` and, for ``aupro``, keeps that gain in
+  more than ``selection_margin`` on ``selection_metric`` and, for ``aupro`` and ``pixel_ap``, keeps that gain in
   ``selection_confidence`` (90 %) of a paired bootstrap over the validation images: with a few dozen
   validation images a gain of 0.01 AUPRO is often noise (measured: an epoch chosen on a 0.01 gain was 0.001
   *worse* on the real test set of demo_brick);
@@ -48,7 +48,13 @@ from tqdm.auto import tqdm
 
 from visionad_multicore.fusion.losses import FusionLoss
 from visionad_multicore.fusion.unet import UNet
-from visionad_multicore.fusion.validation import ValidationData, ValidationResult, evaluate_maps
+from visionad_multicore.fusion.validation import (
+    ValidationData,
+    ValidationResult,
+    evaluate_maps,
+    pixel_ap_pieces,
+    weighted_pixel_ap,
+)
 from visionad_multicore.region_overlap import per_image_pro, weighted_aupro
 
 __all__ = [
@@ -70,6 +76,7 @@ SELECTION_METRICS = ("aupro", "pixel_ap", "pixel_auroc", "loss")
 OPTIMIZERS = ("rmsprop", "adam")
 MEAN_EPOCH = -1  # the epoch number of the untrained module, i.e. of the ensemble mean
 BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAPPED = ("aupro", "pixel_ap")  # selection metrics whose gain over the mean is bootstrapped
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,9 @@ class HFMTrainConfig:
         flip_augment: Random horizontal / vertical flips of training batches (same flip for maps and mask).
         selection_metric: One of :data:`SELECTION_METRICS` on the validation set (``loss``: lower is better).
         selection_margin: How much a trained epoch must beat the ensemble mean by to replace it.
-        selection_confidence: With ``aupro``, the gain over the mean must also hold in this share of a paired
-            bootstrap over the validation images (resampled with replacement, 1000 times): a gain that a few
-            lucky validation images produce is not taken (0.5: no more than the point estimate).
+        selection_confidence: With ``aupro`` or ``pixel_ap``, the gain over the mean must also hold in this
+            share of a paired bootstrap over the validation images (resampled with replacement, 1000 times): a
+            gain that a few lucky validation images produce is not taken (0.5: no more than the point estimate).
         image_auroc_tolerance: A trained epoch whose validation image AUROC is below the mean's by more than
             this is not a candidate.
         seed: Seed of the UNet initialisation and the batch order.
@@ -396,23 +403,37 @@ class HFMTrainer:
         fused = fuse_maps(model, v.maps)
         return evaluate_maps(fused, v.masks, fuse_maps(model, v.nominal)), fused
 
-    def _pieces(self, fused: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-        """:func:`per_image_pro` of fused validation maps over the items with a mask (None if impossible)."""
-        anomalous = self.validation.masks.flatten(1).any(dim=1)
+    def _pieces(self, fused: Tensor) -> tuple[np.ndarray, ...] | None:
+        """Per-image pieces of the selection metric on fused validation maps (None if not resampleable).
+
+        ``aupro``: :func:`per_image_pro` over the items with a mask; ``pixel_ap``: :func:`pixel_ap_pieces` over
+        every item; other metrics have no bootstrap.
+        """
+        masks = self.validation.masks
+        if self.config.selection_metric == "pixel_ap":
+            return pixel_ap_pieces(fused, masks) if masks.any() else None
+        if self.config.selection_metric != "aupro":
+            return None
+        anomalous = masks.flatten(1).any(dim=1)
         values = fused[anomalous, 0].float().numpy()
         if not anomalous.any() or values.min() == values.max():
             return None
-        return per_image_pro(values, self.validation.masks[anomalous, 0].numpy())
+        return per_image_pro(values, masks[anomalous, 0].numpy())
+
+    def _resampled(self, pieces: tuple[np.ndarray, ...], weights: np.ndarray) -> np.ndarray:
+        if self.config.selection_metric == "pixel_ap":
+            return weighted_pixel_ap((pieces[0], pieces[1]), weights)
+        return weighted_aupro((pieces[0], pieces[1], pieces[2], pieces[3]), weights)
 
     def _gain_confidence(self, fused: Tensor) -> float:
-        """Share of paired bootstrap resamples of the validation images where ``fused`` beats the mean's AUPRO."""
+        """Share of paired bootstrap resamples of the validation images in which ``fused`` beats the mean."""
         pieces = self._pieces(fused)
         if pieces is None or self._mean_pieces is None:
             return math.nan
-        n = len(pieces[1])
+        n = len(pieces[1]) if self.config.selection_metric == "aupro" else len(pieces[0])
         rng = np.random.default_rng(self.config.seed + 7919)  # the same resamples for every epoch
         weights = rng.multinomial(n, np.full(n, 1.0 / n), size=BOOTSTRAP_RESAMPLES).astype(np.float64)
-        gain = weighted_aupro(pieces, weights) - weighted_aupro(self._mean_pieces, weights)
+        gain = self._resampled(pieces, weights) - self._resampled(self._mean_pieces, weights)
         return float(np.mean(gain > self.config.selection_margin))
 
     def _validation_loss(self, inputs: Tensor, targets: Tensor) -> float:
@@ -467,7 +488,7 @@ class HFMTrainer:
         mean_value = self.mean_validation.value(c.selection_metric)
         confidence = math.nan
         wins = is_candidate and value > self.selected_value and value > mean_value + c.selection_margin
-        if wins and c.selection_metric == "aupro":
+        if wins and c.selection_metric in BOOTSTRAPPED:
             confidence = self._gain_confidence(fused)
             wins = not math.isnan(confidence) and confidence >= c.selection_confidence
         if wins:

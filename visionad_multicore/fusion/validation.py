@@ -12,13 +12,21 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from visionad_multicore.auroc import OneClassError, binary_auroc
 from visionad_multicore.region_overlap import aupro_arrays
 
-__all__ = ["ValidationData", "ValidationResult", "evaluate_maps", "pixel_average_precision"]
+__all__ = [
+    "ValidationData",
+    "ValidationResult",
+    "evaluate_maps",
+    "pixel_ap_pieces",
+    "pixel_average_precision",
+    "weighted_pixel_ap",
+]
 
 
 @dataclass(frozen=True)
@@ -132,3 +140,40 @@ def evaluate_maps(maps: Tensor, masks: Tensor, nominal_maps: Tensor) -> Validati
     except OneClassError:
         image_auroc = nan
     return ValidationResult(aupro=aupro, pixel_ap=pixel_ap, pixel_auroc=pixel_auroc, image_auroc=image_auroc)
+
+
+def pixel_ap_pieces(maps: Tensor, masks: Tensor, bins: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image histograms of positive and negative pixels, for resampling images (bootstrap of pixel AP).
+
+    Args:
+        maps: ``(V, 1, H, W)`` fused maps.
+        masks: ``(V, 1, H, W)`` bool masks.
+        bins: Histogram bins between the maps' minimum and maximum.
+
+    Returns:
+        ``(positives (V, bins), negatives (V, bins))`` float64 counts, bins ascending.
+    """
+    values = maps.float().reshape(len(maps), -1)
+    labels = masks.bool().reshape(len(masks), -1)
+    lo, hi = float(values.min()), float(values.max())
+    scale = (bins - 1) / (hi - lo) if hi > lo else 0.0
+    index = ((values - lo) * scale).long().clamp_(0, bins - 1)  # (V, P)
+    offset = torch.arange(len(values))[:, None] * bins
+    pos = torch.bincount((index + offset)[labels], minlength=len(values) * bins)
+    neg = torch.bincount((index + offset)[~labels], minlength=len(values) * bins)
+    return pos.reshape(-1, bins).double().numpy(), neg.reshape(-1, bins).double().numpy()
+
+
+def weighted_pixel_ap(pieces: tuple[np.ndarray, np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """Pixel AP of :func:`pixel_ap_pieces` under image weights ``(V,)`` or ``(B, V)`` -> ``(B,)`` (pixels in one
+    bin count as one threshold step; NaN without positives)."""
+    pos, neg = pieces
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))  # (B, V)
+    tp = np.cumsum((w @ pos)[:, ::-1], axis=1)  # (B, bins), thresholds descending
+    fp = np.cumsum((w @ neg)[:, ::-1], axis=1)
+    total = tp[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = tp / total
+    steps = np.diff(recall, axis=1, prepend=0.0)
+    return (steps * precision).sum(axis=1)
