@@ -231,6 +231,7 @@ class MultiCore:
         self.fusion_: UNet | None = None  # what multicore uses; None: the ensemble mean
         self.hfm_: UNet | None = None  # the best trained epoch (multicore_hfm)
         self.selected_epoch_: int = MEAN_EPOCH
+        self.selected_subset_: tuple[int, ...] | None = None  # multicore = the mean of these members
         self.hfm_best_epoch_: int | None = None
         self.hfm_epochs_: int = 0
 
@@ -477,6 +478,7 @@ class MultiCore:
         )
         self.fusion_, self.hfm_ = None, self._trainer.trained_model()
         self.selected_epoch_, self.hfm_best_epoch_, self.hfm_epochs_ = MEAN_EPOCH, None, 0
+        self.selected_subset_ = self._trainer.selected_subset
         self._fusion_stale = False
 
     @property
@@ -521,14 +523,30 @@ class MultiCore:
     def history_summary(self) -> dict[str, Any]:
         """What ``multicore`` is, in plain words, the validation baselines and every epoch (JSON-ready)."""
         self.finalize()
-        mean_chosen = self.fusion_ is None
+        label = self._selection_key()
+        if self.fusion_ is not None:
+            explanation = f"HFM epoch {self.selected_epoch_} beat the ensemble mean on the validation set"
+        elif self.selected_subset_ is not None:
+            explanation = (
+                f"the mean of {[self.member_keys[i] for i in self.selected_subset_]} beat the ensemble mean on the "
+                "validation set and no trained HFM epoch beat it, so multicore is that mean"
+            )
+        else:
+            explanation = (
+                "neither a trained HFM epoch nor a subset of the members beat the ensemble mean on the validation "
+                "set, so multicore is the ensemble mean"
+            )
+        subsets = {} if self._trainer is None else self._trainer.subset_validation
         return {
-            "multicore_is": "ensemble_mean" if mean_chosen else f"hfm_epoch_{self.selected_epoch_}",
-            "explanation": (
-                "no trained HFM epoch beat the ensemble mean on the validation set, so multicore is the ensemble mean"
-                if mean_chosen
-                else f"HFM epoch {self.selected_epoch_} beat the ensemble mean on the validation set"
-            ),
+            "multicore_is": label,
+            "explanation": explanation,
+            "member_subsets": {
+                "+".join(self.member_keys[i] for i in subset): {
+                    **result.to_dict(),
+                    "gain_confidence": confidence,
+                }
+                for subset, (result, confidence) in subsets.items()
+            },
             "multicore_hfm_epoch": self.hfm_best_epoch_,
             "epochs_trained": self.hfm_epochs_,
             "selection_metric": self.hfm.selection_metric,
@@ -541,11 +559,18 @@ class MultiCore:
                     "is_candidate": r.is_candidate,
                     "is_best_trained": r.is_best_trained,
                     "gain_confidence": r.gain_confidence,
-                    "multicore_is": "ensemble_mean" if r.selected < 0 else f"hfm_epoch_{r.selected}",
+                    "multicore_is": r.selected_label,
                 }
                 for r in self.history
             ],
         }
+
+    def _selection_key(self) -> str:
+        if self.fusion_ is not None:
+            return f"hfm_epoch_{self.selected_epoch_}"
+        if self.selected_subset_ is not None:
+            return "mean_of:" + "+".join(self.member_keys[i] for i in self.selected_subset_)
+        return "ensemble_mean"
 
     def finalize(self) -> None:
         """Put the chosen module (or the mean) and the best trained epoch into use (cheap; before predict)."""
@@ -553,13 +578,12 @@ class MultiCore:
             self.fusion_ = self._trainer.selected_model()
             self.hfm_ = self._trainer.trained_model()
             self.selected_epoch_ = self._trainer.selected_epoch
+            self.selected_subset_ = self._trainer.selected_subset
             self.hfm_best_epoch_ = self._trainer.best_trained_epoch
             self._fusion_stale = False
             logger.info(
                 "multicore = %s; multicore_hfm = %s",
-                "the ensemble mean (no trained epoch beat it on validation)"
-                if self.fusion_ is None
-                else f"HFM epoch {self.selected_epoch_}",
+                self._selection_key(),
                 "the untrained module"
                 if self.hfm_best_epoch_ is None
                 else f"HFM epoch {self.hfm_best_epoch_}",
@@ -607,7 +631,8 @@ class MultiCore:
         mean = normalised.mean(dim=1)  # (B, H, W)
         hfm = self._apply(self.hfm_, normalised)
         if self.fusion_ is None:
-            fused = mean
+            subset = self.selected_subset_
+            fused = mean if subset is None else normalised[:, list(subset)].mean(dim=1)
         elif self.selected_epoch_ == self.hfm_best_epoch_:
             fused = hfm
         else:
@@ -692,6 +717,7 @@ class MultiCore:
             "unet_hfm": weights(self.hfm_),
             "unet_selected": weights(self.fusion_),
             "selected_epoch": self.selected_epoch_,
+            "selected_subset": None if self.selected_subset_ is None else list(self.selected_subset_),
             "hfm_best_epoch": -1 if self.hfm_best_epoch_ is None else self.hfm_best_epoch_,
             "hfm_epochs": self.hfm_epochs_,
         }
@@ -734,6 +760,8 @@ class MultiCore:
         self.hfm_ = unet(state["unet_hfm"])
         self.fusion_ = unet(state["unet_selected"])
         self.selected_epoch_ = int(state["selected_epoch"])
+        subset = state.get("selected_subset")
+        self.selected_subset_ = None if subset is None else tuple(int(i) for i in subset)
         best = int(state.get("hfm_best_epoch", -1))
         self.hfm_best_epoch_ = None if best < 0 else best
         self.hfm_epochs_ = int(state.get("hfm_epochs", 0))

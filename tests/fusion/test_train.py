@@ -122,7 +122,14 @@ def _validation(seed: int = 1) -> ValidationData:
 
 
 CONFIG = HFMTrainConfig(
-    lr=3e-3, optimizer="adam", batch_size=4, unet_depth=2, unet_width=8, cldice_weight=0.0, bce_weight=1.0
+    lr=3e-3,
+    optimizer="adam",
+    batch_size=4,
+    unet_depth=2,
+    unet_width=8,
+    cldice_weight=0.0,
+    bce_weight=1.0,
+    member_subsets=False,  # the trained module against the plain mean; subsets are tested on their own
 )
 
 
@@ -166,6 +173,27 @@ def test_training_that_hurts_falls_back_to_the_mean() -> None:
     assert trainer.mean_selected and all(r.selected == MEAN_EPOCH for r in records)
     assert trainer.selected_model() is None
     assert trainer.best_trained_epoch is not None  # the raw HFM stays available (multicore_hfm)
+
+
+def test_a_weak_member_is_left_out_of_the_mean() -> None:
+    """Channel 1 is pure noise: the mean of channel 0 alone beats the full mean on validation and is used."""
+    config = HFMTrainConfig(**{**CONFIG.to_dict(), "member_subsets": True})
+    trainer = HFMTrainer(2, config, _validation(), progress=False)
+    assert trainer.selected_subset == (0,) and not trainer.mean_selected
+    assert trainer.selected_model() is None  # no trained module: a mean, of member 0 only
+    result, confidence = trainer.subset_validation[(0,)]
+    assert result.aupro > trainer.mean_validation.aupro and confidence >= config.selection_confidence
+    assert trainer.selection_label() == "mean_of:member0"
+
+
+def test_equally_good_members_keep_the_full_mean() -> None:
+    maps, masks = _toy(12, seed=1)
+    maps[:, 1] = maps[:, 0] + 0.3 * torch.randn(12, 32, 32, generator=torch.Generator().manual_seed(9))
+    nominal = maps[:4].clone()
+    nominal[:, :] = 0.3 * torch.randn(4, 2, 32, 32, generator=torch.Generator().manual_seed(8))
+    config = HFMTrainConfig(**{**CONFIG.to_dict(), "member_subsets": True})
+    trainer = HFMTrainer(2, config, ValidationData(maps.half(), masks, nominal.half()), progress=False)
+    assert trainer.mean_selected and trainer.selected_subset is None
 
 
 def test_selection_margin_and_image_guard_keep_the_mean() -> None:

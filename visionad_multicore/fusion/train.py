@@ -11,6 +11,9 @@ Candidates and the choice (:class:`HFMTrainer`):
 
 - the untrained module, which is exactly the ensemble mean (see :class:`~visionad_multicore.fusion.unet.
   UNet`), competes as epoch ``-1``;
+- so does the mean of every proper subset of the members (``member_subsets``): when the validation set shows
+  a member to be weak (e.g. a stride-3, 7 x 7 member on thin defects), leaving it out of the mean is the
+  simplest fusion that helps;
 - every trained epoch is a candidate if its validation image AUROC (max of the map per image) is not below
   the mean's by more than ``image_auroc_tolerance``; a trained epoch replaces the mean only if it beats it by
   more than ``selection_margin`` on ``selection_metric`` and, for ``aupro`` and ``pixel_ap``, keeps that gain in
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import math
 from collections.abc import Mapping
@@ -105,6 +109,8 @@ class HFMTrainConfig:
         flip_augment: Random horizontal / vertical flips of training batches (same flip for maps and mask).
         selection_metric: One of :data:`SELECTION_METRICS` on the validation set (``loss``: lower is better).
         selection_margin: How much a trained epoch must beat the ensemble mean by to replace it.
+        member_subsets: Also let the mean of a proper subset of the members compete (chosen on validation like
+            an epoch): a member that the synthetic validation shows to be weak is left out.
         selection_confidence: With ``aupro`` or ``pixel_ap``, the gain over the mean must also hold in this
             share of a paired bootstrap over the validation images (resampled with replacement, 1000 times): a
             gain that a few lucky validation images produce is not taken (0.5: no more than the point estimate).
@@ -133,6 +139,7 @@ class HFMTrainConfig:
     flip_augment: bool = True
     selection_metric: str = "aupro"
     selection_margin: float = 0.0
+    member_subsets: bool = True
     selection_confidence: float = 0.9
     image_auroc_tolerance: float = 0.01
     seed: int = 0
@@ -233,7 +240,8 @@ class EpochRecord:
         validation: The trained module's validation scores.
         is_candidate: Whether the epoch passed the image-AUROC guard.
         is_best_trained: Whether it is the best trained epoch so far (``multicore_hfm``).
-        selected: What ``multicore`` is after this epoch: an epoch number, or :data:`MEAN_EPOCH`.
+        selected: The epoch ``multicore`` uses after this epoch, or :data:`MEAN_EPOCH` (a mean: of all members,
+            or of the subset in ``selected_label``).
         gain_confidence: Share of the bootstrap resamples in which the epoch beat the mean by the margin (NaN
             when not computed: no point gain, or a selection metric other than ``aupro``).
     """
@@ -245,6 +253,7 @@ class EpochRecord:
     is_best_trained: bool
     selected: int
     gain_confidence: float = math.nan
+    selected_label: str = "ensemble_mean"
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -378,6 +387,7 @@ class HFMTrainer:
         self.mean_validation, mean_maps = self._validate(self.model)
         self._mean_pieces = self._pieces(mean_maps)
         names = member_names or [f"member{i}" for i in range(in_channels)]
+        self.member_names = list(names)
         self.member_validation = {
             name: evaluate_maps(
                 validation.maps[:, i : i + 1], validation.masks, validation.nominal[:, i : i + 1]
@@ -387,6 +397,8 @@ class HFMTrainer:
         self.selected_epoch = MEAN_EPOCH
         self.selected_value = self.mean_validation.value(config.selection_metric)
         self.selected_state: dict[str, Tensor] | None = None
+        self.selected_subset: tuple[int, ...] | None = None  # a mean of these members instead of all
+        self._selected_pieces = self._mean_pieces
         self.best_trained_epoch: int | None = None
         self.best_trained_state: dict[str, Tensor] | None = None
         self._best_trained_value = -math.inf
@@ -396,6 +408,43 @@ class HFMTrainer:
             self.selected_value,
             {k: round(v.value(config.selection_metric), 4) for k, v in self.member_validation.items()},
         )
+        self.subset_validation: dict[tuple[int, ...], tuple[ValidationResult, float]] = {}
+        if config.member_subsets and in_channels > 1:
+            self._choose_subset(names)
+
+    def _choose_subset(self, names: list[str]) -> None:
+        """Score the mean of every proper subset of members; take the best one that beats the full mean.
+
+        A subset replaces the full mean on the same terms as a trained epoch: a point gain above the margin,
+        the image-AUROC guard, and the gain kept in ``selection_confidence`` of the paired bootstrap.
+        """
+        c, v = self.config, self.validation
+        m = v.maps.shape[1]
+        mean_value = self.mean_validation.value(c.selection_metric)
+        guard = self.mean_validation.image_auroc - c.image_auroc_tolerance
+        subsets = [s for r in range(1, m) for s in itertools.combinations(range(m), r)]
+        for subset in tqdm(subsets, desc="Member subsets", leave=False, disable=not self.progress):
+            idx = list(subset)
+            fused = v.maps[:, idx].float().mean(dim=1, keepdim=True)
+            result = evaluate_maps(fused, v.masks, v.nominal[:, idx].float().mean(dim=1, keepdim=True))
+            value = result.value(c.selection_metric)
+            confidence = math.nan
+            if value > mean_value + c.selection_margin and not result.image_auroc < guard:
+                confidence = self._gain_confidence(fused, self._mean_pieces)
+            self.subset_validation[subset] = (result, confidence)
+            passes = not math.isnan(confidence) and confidence >= c.selection_confidence
+            if passes and value > self.selected_value:
+                self.selected_subset, self.selected_value = subset, value
+                self._selected_pieces = self._pieces(fused)
+        if self.selected_subset is not None:
+            logger.info(
+                "HFM validation: the mean of %s (%s %.4f) beats the ensemble mean (%.4f); it is multicore unless a "
+                "trained epoch beats it",
+                [names[i] for i in self.selected_subset],
+                c.selection_metric,
+                self.selected_value,
+                mean_value,
+            )
 
     def _validate(self, model: nn.Module) -> tuple[ValidationResult, Tensor]:
         """Validation scores of a module and its fused maps of the validation items ``(V, 1, H, W)``."""
@@ -425,15 +474,16 @@ class HFMTrainer:
             return weighted_pixel_ap((pieces[0], pieces[1]), weights)
         return weighted_aupro((pieces[0], pieces[1], pieces[2], pieces[3]), weights)
 
-    def _gain_confidence(self, fused: Tensor) -> float:
-        """Share of paired bootstrap resamples of the validation images in which ``fused`` beats the mean."""
+    def _gain_confidence(self, fused: Tensor, baseline: tuple[np.ndarray, ...] | None) -> float:
+        """Share of paired bootstrap resamples of the validation images in which ``fused`` beats ``baseline``
+        (the pieces of the candidate in use) by the margin."""
         pieces = self._pieces(fused)
-        if pieces is None or self._mean_pieces is None:
+        if pieces is None or baseline is None:
             return math.nan
         n = len(pieces[1]) if self.config.selection_metric == "aupro" else len(pieces[0])
         rng = np.random.default_rng(self.config.seed + 7919)  # the same resamples for every epoch
         weights = rng.multinomial(n, np.full(n, 1.0 / n), size=BOOTSTRAP_RESAMPLES).astype(np.float64)
-        gain = self._resampled(pieces, weights) - self._resampled(self._mean_pieces, weights)
+        gain = self._resampled(pieces, weights) - self._resampled(baseline, weights)
         return float(np.mean(gain > self.config.selection_margin))
 
     def _validation_loss(self, inputs: Tensor, targets: Tensor) -> float:
@@ -489,13 +539,22 @@ class HFMTrainer:
         confidence = math.nan
         wins = is_candidate and value > self.selected_value and value > mean_value + c.selection_margin
         if wins and c.selection_metric in BOOTSTRAPPED:
-            confidence = self._gain_confidence(fused)
+            confidence = self._gain_confidence(fused, self._selected_pieces)
             wins = not math.isnan(confidence) and confidence >= c.selection_confidence
         if wins:
             self.selected_epoch, self.selected_value = self.epoch, value
             self.selected_state = copy.deepcopy(self.model.state_dict())
+            self.selected_subset = None
+            self._selected_pieces = self._pieces(fused)
         record = EpochRecord(
-            self.epoch, train_loss, result, is_candidate, is_best_trained, self.selected_epoch, confidence
+            self.epoch,
+            train_loss,
+            result,
+            is_candidate,
+            is_best_trained,
+            self.selected_epoch,
+            confidence,
+            self.selection_label(),
         )
         self.history.append(record)
         logger.info(
@@ -512,7 +571,7 @@ class HFMTrainer:
             + (
                 "" if math.isnan(confidence) else f", gain over the mean in {confidence:.0%} of the bootstrap"
             ),
-            "ensemble mean" if self.selected_epoch == MEAN_EPOCH else f"epoch {self.selected_epoch}",
+            self.selection_label(),
         )
         self.epoch += 1
         return record
@@ -536,9 +595,17 @@ class HFMTrainer:
 
     def selected_model(self) -> UNet | None:
         """A copy of the UNet ``multicore`` uses, or ``None`` when it is the ensemble mean."""
-        return None if self.mean_selected else self._model_with(self.selected_state)
+        return None if self.selected_epoch == MEAN_EPOCH else self._model_with(self.selected_state)
 
     @property
     def mean_selected(self) -> bool:
-        """Whether ``multicore`` is the ensemble mean (no trained epoch beat it on validation)."""
-        return self.selected_epoch == MEAN_EPOCH
+        """Whether ``multicore`` is the plain ensemble mean (neither a member subset nor a trained epoch won)."""
+        return self.selected_epoch == MEAN_EPOCH and self.selected_subset is None
+
+    def selection_label(self) -> str:
+        """What ``multicore`` is now: ``ensemble_mean``, ``mean_of:<member>+<member>`` or ``hfm_epoch_<N>``."""
+        if self.selected_epoch != MEAN_EPOCH:
+            return f"hfm_epoch_{self.selected_epoch}"
+        if self.selected_subset is not None:
+            return "mean_of:" + "+".join(self.member_names[i] for i in self.selected_subset)
+        return "ensemble_mean"
