@@ -46,6 +46,7 @@ Determinism: the model is built, each epoch trained and each memory bank fitted 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import random
@@ -910,6 +911,12 @@ class WrapperAnomalib(ModelWrapper):
 
     def _configure(self, **params: Any) -> None:
         """Check and store the constructor arguments (``self.params``, JSON-serialisable)."""
+        expected = set(inspect.signature(WrapperAnomalib.__init__).parameters) - {"self"}
+        if set(params) != expected:
+            raise TypeError(
+                f"{type(self).__name__}: parameters {sorted(set(params) ^ expected)} unknown or missing "
+                f"(a model_params.json from another version?); expected {sorted(expected)}"
+            )
         if self.model_name not in RECIPES:
             raise TypeError(
                 f"{type(self).__name__}: model_name {self.model_name!r} is not one of {sorted(RECIPES)}"
