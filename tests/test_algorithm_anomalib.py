@@ -19,7 +19,8 @@ from visionad_multicore.visionad.loaders import create_dataloaders  # noqa: E402
 from visionad_multicore.visionad.metrics import run_metrics  # noqa: E402
 from visionad_multicore.visionad.runner import run_config  # noqa: E402
 
-# tiny settings per model: 64 px inputs (DRAEM 32), small options where anomalib's defaults need more data
+# tiny settings per model: 64 px inputs (DRAEM 32, SuperSimpleNet 128), small options where anomalib's defaults
+# need more data
 TINY: dict[str, dict[str, Any]] = {
     "patchcore": {"options": {"coreset_sampling_ratio": 0.05}},
     "padim": {},
@@ -30,6 +31,7 @@ TINY: dict[str, dict[str, Any]] = {
     "cflow": {"options": {"fiber_batch_size": 16, "coupling_blocks": 2}},
     "reverse_distillation": {},
     "fre": {},
+    "supersimplenet": {"image_size": 128},  # its Perlin masks need a feature map of 32 x 32 or more
     "ganomaly": {"options": {"n_features": 16}},
     "draem": {"image_size": 32},
 }

@@ -31,6 +31,7 @@ ALGORITHMS: dict[str, str] = {
     "anomalib_draem": _ANOMALIB + "WrapperAnomalibDraem",
     "anomalib_ganomaly": _ANOMALIB + "WrapperAnomalibGanomaly",
     "anomalib_fre": _ANOMALIB + "WrapperAnomalibFre",
+    "anomalib_supersimplenet": _ANOMALIB + "WrapperAnomalibSupersimplenet",
 }
 
 # VisionAD's baselines as its algos/algo_class_list.get_algo names them (lower case) -> its class name.

@@ -3,9 +3,10 @@
 Each algorithm builds anomalib's *torch* model (``anomalib.models.image.<model>.torch_model``), never its Lightning
 module or engine, and drives it through the VisionAD hooks:
 
-- trained models (STFPM, FastFlow, CFlow, Reverse Distillation, DRAEM, GANomaly, FRE): ``train_one_epoch`` runs one
-  pass over the training loader with the loss, optimiser(s) and scheduler that anomalib's Lightning module
-  configures for that model (same hyper-parameters by default, all overridable through ``options``);
+- trained models (STFPM, FastFlow, CFlow, Reverse Distillation, DRAEM, GANomaly, FRE, SuperSimpleNet):
+  ``train_one_epoch`` runs one pass over the training loader with the loss, optimiser(s) and scheduler that
+  anomalib's Lightning module configures for that model (same hyper-parameters by default, all overridable
+  through ``options``);
 - memory-bank models (PatchCore, PaDiM, DFM, DFKDE): ``pre_eval_processing`` collects the training embeddings once
   and fits (coreset, Gaussian, PCA, KDE), as anomalib's ``MemoryBankMixin`` does after its single epoch;
 - ``eval_outputs_dataloader`` returns the model's anomaly maps resized to ``heatmap_size`` (256) and its image
@@ -727,6 +728,43 @@ def _loss_fre(built: Built, images: torch.Tensor) -> torch.Tensor:
     return built.helpers["loss"](features_in, features_out)
 
 
+# SuperSimpleNet -------------------------------------------------------------------------------
+def _build_supersimplenet(ctx: BuildContext) -> Built:
+    if ctx.image_size < 128:  # its Perlin masks are drawn on the 2x-upscaled stride-8 feature map
+        raise ValueError(f"supersimplenet needs image_size >= 128, got {ctx.image_size}")
+    tm = _image_module("supersimplenet")
+    loss = _image_module("supersimplenet", "loss")
+    model = tm.SupersimplenetModel(
+        perlin_threshold=ctx.options["perlin_threshold"],
+        backbone=ctx.timm_name,
+        layers=list(ctx.layers),
+        stop_grad=True,  # anomalib's unsupervised setting
+        adapt_cls_features=ctx.options["adapt_cls_features"],
+    )
+    return Built(model, {"loss": loss.SSNLoss()})
+
+
+def _optimisers_supersimplenet(built: Built, o: Mapping[str, Any]) -> Optimisers:
+    opt = torch.optim.AdamW(
+        [
+            {"params": built.model.adaptor.parameters(), "lr": o["adaptor_lr"]},
+            {"params": built.model.segdec.parameters(), "lr": o["segdec_lr"], "weight_decay": 1e-5},
+        ]
+    )
+    # anomalib decays at 80 % and 90 % of the trainer's max_epochs; here the option max_epochs says how many
+    milestones = [int(o["max_epochs"] * 0.8), int(o["max_epochs"] * 0.9)]
+    return [opt], [torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.4)]
+
+
+def _loss_supersimplenet(built: Built, images: torch.Tensor) -> torch.Tensor:
+    """Unsupervised: every training image is normal (label 0, empty mask); the model adds feature-space anomalies."""
+    labels = torch.zeros(images.shape[0], device=images.device)
+    anomaly_map, score, masks, labels = built.model(images, masks=None, labels=labels)
+    return built.helpers["loss"](
+        pred_map=anomaly_map, pred_score=score, target_mask=masks, target_label=labels
+    )
+
+
 RECIPES: dict[str, Recipe] = {
     "patchcore": Recipe(
         "wide_resnet50_2",
@@ -837,6 +875,20 @@ RECIPES: dict[str, Recipe] = {
         _build_fre,
         optimisers=_optimisers_fre,
         step=_step_single(_loss_fre),
+    ),
+    "supersimplenet": Recipe(
+        "wide_resnet50_2.tv_in1k",
+        ("layer2", "layer3"),
+        {
+            "perlin_threshold": 0.2,
+            "adapt_cls_features": False,
+            "adaptor_lr": 1e-4,
+            "segdec_lr": 2e-4,
+            "max_epochs": 300,
+        },
+        _build_supersimplenet,
+        optimisers=_optimisers_supersimplenet,
+        step=_step_single(_loss_supersimplenet),
     ),
 }
 
@@ -1269,6 +1321,13 @@ class WrapperAnomalibGanomaly(WrapperAnomalib):
     """anomalib GANomaly (Akcay et al. 2018): adversarial encoder-decoder-encoder (image scores only)."""
 
     model_name = "ganomaly"
+
+
+class WrapperAnomalibSupersimplenet(WrapperAnomalib):
+    """anomalib SuperSimpleNet (Rolih et al. 2024): feature adaptor + segmentation-detection head trained on
+    Perlin-masked feature-space noise (unsupervised setting)."""
+
+    model_name = "supersimplenet"
 
 
 class WrapperAnomalibFre(WrapperAnomalib):
