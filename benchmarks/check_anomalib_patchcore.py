@@ -146,13 +146,13 @@ def run_anomalib(
 
 
 def as_visionad_sets(
-    ours: dict[str, Any], theirs: dict[str, tuple[float, torch.Tensor]], method: str
+    loaders: tuple[Any, Any, Any], theirs: dict[str, tuple[float, torch.Tensor]], method: str
 ) -> tuple[dict, dict]:
-    """anomalib's outputs in VisionAD's layout, in the order of our test sets' paths."""
+    """anomalib's outputs in VisionAD's layout, in the order of our (unshuffled) test loaders' images."""
     heatmaps: dict[str, dict] = {}
     scores: dict[str, dict] = {}
-    for split, key in (("regular", "paths_regular"), ("novel", "paths_novel")):
-        paths = [str(Path(p).resolve()) for p in ours["paths"][key]]
+    for split, loader in (("regular", loaders[1]), ("novel", loaders[2])):
+        paths = [str(Path(p).resolve()) for p in loader.dataset.image_paths]
         missing = [p for p in paths if p not in theirs]
         if missing:
             raise RuntimeError(f"anomalib scored none of {missing[:3]}")
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     our_metrics = run_metrics(
         METRICS, ours["heatmaps"], ours["scores"], targets, ours["paths"], progress=False
     )
-    heatmaps, scores = as_visionad_sets(ours, theirs["outputs"], method)
+    heatmaps, scores = as_visionad_sets(loaders, theirs["outputs"], method)
     their_metrics = run_metrics(METRICS, heatmaps, scores, targets, ours["paths"], progress=False)
     rows = {}
     for name in METRICS:

@@ -191,6 +191,18 @@ def test_no_download_and_teacher_gets_packaged_weights(monkeypatch: pytest.Monke
     assert not torch.equal(student["conv_stem.weight"], lite0["conv_stem.weight"])
 
 
+def test_download_weights_lets_timm_load_pretrained(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm.models._builder as builder
+
+    calls: list[str] = []
+    monkeypatch.setattr(builder, "load_pretrained", lambda model, *a, **k: calls.append(type(model).__name__))
+    make("padim", backbone="anomalib_default", download_weights=True)  # anomalib's ResNet-18, online
+    assert calls  # timm was asked to fetch the weights (stubbed here: no network)
+    calls.clear()
+    make("padim")  # offline default: never
+    assert not calls
+
+
 def test_local_weights_file_equals_packaged(tmp_path: Path, tiny_mvtec: Path) -> None:
     path = tmp_path / "lite0.pth"
     torch.save(build_efficientnet_lite0_classifier().state_dict(), path)
