@@ -3,10 +3,11 @@
 Both sides use EfficientNet-Lite0 (the packaged ImageNet weights, layers ``blocks.2`` + ``blocks.4``, inputs
 normalised with mean = std = 0.5), the same coreset ratio, ``num_neighbors`` and seed, and see the same images:
 
-- ours: ``WrapperAnomalibPatchcore`` through the VisionAD hooks, on the harness's loaders (images resized to
-  256 x 256 with PIL NEAREST, normalised with the dataset's statistics, re-normalised by the adapter);
+- ours: ``WrapperAnomalibPatchcore`` through the VisionAD hooks, on the harness's loaders (normalised with the
+  dataset's statistics, then resized to 256 x 256 by ``Resize(NEAREST)`` on the tensor, as the runner's configs
+  do; re-normalised by the adapter);
 - anomalib's: its ``Patchcore`` Lightning model trained and run by its ``Engine`` on its ``MVTecAD`` datamodule,
-  with a pre-processor that resizes with NEAREST_EXACT (PIL's NEAREST rule) and normalises with 0.5 / 0.5; no
+  with a pre-processor that resizes with the same tensor NEAREST rule and normalises with 0.5 / 0.5; no
   post-processing (raw scores and maps), no evaluator, no visualiser.
 
 The two training orders are made the same (unshuffled, sorted by path) and the coreset is drawn right after
@@ -46,7 +47,8 @@ METRICS = ["Imagewise_AUC", "Pixelwise_AUC"]
 
 
 def our_loaders(dataset: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """The harness's loaders as the runner builds them, but unshuffled (sorted paths)."""
+    """The harness's loaders as the runner builds them (``identical_transforms`` act on the normalised tensor),
+    but unshuffled (sorted paths)."""
     from PIL import Image
     from torchvision import transforms
 
@@ -98,7 +100,7 @@ def run_anomalib(
     pre = PreProcessor(
         transform=v2.Compose(
             [
-                v2.Resize((SIZE, SIZE), interpolation=v2.InterpolationMode.NEAREST_EXACT),
+                v2.Resize((SIZE, SIZE), interpolation=v2.InterpolationMode.NEAREST),
                 v2.Normalize(mean=[0.5] * 3, std=[0.5] * 3),
             ]
         )
