@@ -33,7 +33,7 @@ TINY: dict[str, dict[str, Any]] = {
     "fre": {},
     "supersimplenet": {"image_size": 128},  # its Perlin masks need a feature map of 32 x 32 or more
     "ganomaly": {"options": {"n_features": 16}},
-    "draem": {"image_size": 32},
+    "draem": {"image_size": 32, "options": {"enable_sspcab": True}},
 }
 IMAGE_ONLY = {"dfkde", "ganomaly"}
 

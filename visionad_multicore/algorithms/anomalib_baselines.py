@@ -624,7 +624,11 @@ def _build_draem(ctx: BuildContext) -> Built:
         )
     augmenter = PerlinAnomalyGenerator(anomaly_source_path=source, blend_factor=tuple(o["beta"]))
     model = tm.DraemModel(sspcab=o["enable_sspcab"])
-    helpers: dict[str, Any] = {"loss": loss.DraemLoss(), "augmenter": augmenter}
+    helpers: dict[str, Any] = {
+        "loss": loss.DraemLoss(),
+        "augmenter": augmenter,
+        "sspcab_lambda": o["sspcab_lambda"],
+    }
     if o["enable_sspcab"]:
         activations: dict[str, torch.Tensor] = {}
         encoder = model.reconstructive_subnetwork.encoder
@@ -989,27 +993,23 @@ class WrapperAnomalib(ModelWrapper):
             raise ValueError(f"max_train_batches must be >= 1 or None, got {params['max_train_batches']}")
         self.options = {**self.recipe.options, **options}
 
-        def listed(value: Any) -> list | None:
-            return None if value is None else list(value)
+        def optional(value: Any, kind: Callable[[Any], Any]) -> Any:
+            return None if value is None else kind(value)
 
         self.params = {
             "backbone": str(params["backbone"]),
-            "backbone_weights": None
-            if params["backbone_weights"] is None
-            else str(params["backbone_weights"]),
+            "backbone_weights": optional(params["backbone_weights"], str),
             "download_weights": bool(params["download_weights"]),
-            "backbone_mean": listed(params["backbone_mean"]),
-            "backbone_std": listed(params["backbone_std"]),
-            "layers": listed(params["layers"]),
+            "backbone_mean": optional(params["backbone_mean"], list),
+            "backbone_std": optional(params["backbone_std"], list),
+            "layers": optional(params["layers"], list),
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
             "image_size": int(params["image_size"]),
-            "max_train_batches": None
-            if params["max_train_batches"] is None
-            else int(params["max_train_batches"]),
+            "max_train_batches": optional(params["max_train_batches"], int),
             "seed": int(params["seed"]),
             "heatmap_size": int(params["heatmap_size"]),
-            "input_mean": listed(params["input_mean"]),
-            "input_std": listed(params["input_std"]),
+            "input_mean": optional(params["input_mean"], list),
+            "input_std": optional(params["input_std"], list),
             "device": str(params["device"]),
             "wandb": bool(params["wandb"]),
             "progress": bool(params["progress"]),
@@ -1065,8 +1065,6 @@ class WrapperAnomalib(ModelWrapper):
         allow_download = self.backbone_choice is not None and self.backbone_choice.download and load_weights
         with seeded(self.params["seed"]), intercept_timm(rename, allow_download) as created:
             built = self.recipe.build(context)
-        if self.model_name == "draem":
-            built.helpers["sspcab_lambda"] = self.options["sspcab_lambda"]
         if self.backbone_choice is not None and load_weights and not allow_download:
             state = self.backbone_choice.state_dict()
             if state is not None and load_pretrained(created, state) == 0:
