@@ -340,7 +340,7 @@ def test_unknown_algorithm_lists_ours(tmp_path, registry, capsys):
     )
     with pytest.raises(
         ConfigError,
-        match="unknown algorithm 'nonesuch'; this package provides: multicore, patchcore_plus, random",
+        match="unknown algorithm 'nonesuch'; this package provides: anomalib_cflow, .*, multicore, patchcore_plus, random",
     ):
         run(config, registry, tmp_path / "res")
     assert cli.main(["run", "--config_file", str(config), "--results_dir", str(tmp_path / "res")]) == 2
