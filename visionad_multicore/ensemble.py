@@ -48,6 +48,7 @@ from visionad_multicore.fusion.train import (
     HFMTrainConfig,
     HFMTrainer,
     ValidationData,
+    build_unet,
 )
 from visionad_multicore.fusion.unet import UNet
 from visionad_multicore.member_maps import LayerMaps, normalisation_stats
@@ -284,14 +285,7 @@ class MultiCore:
         )
 
     def _new_unet(self) -> UNet:
-        return UNet(
-            len(self.members),
-            self.hfm.unet_width,
-            self.hfm.unet_depth,
-            self.hfm.residual_mean,
-            seed=self.hfm.seed,
-            work_size=self.hfm.work_size,
-        ).to(self.device)
+        return build_unet(len(self.members), self.hfm, self.device)
 
     # ------------------------------------------------------------------ backbone
     def _extractor(self) -> Any:

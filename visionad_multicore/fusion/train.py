@@ -69,6 +69,7 @@ __all__ = [
     "HFMTrainer",
     "ValidationData",
     "ValidationResult",
+    "build_unet",
     "evaluate_maps",
     "make_optimizer",
     "train_one_epoch",
@@ -257,6 +258,18 @@ class EpochRecord:
 
 
 # ---------------------------------------------------------------------------------------------- training
+def build_unet(in_channels: int, config: HFMTrainConfig, device: str | torch.device = "cpu") -> UNet:
+    """The config's UNet for ``in_channels`` members, seeded (so an untrained one is the same every time)."""
+    return UNet(
+        in_channels,
+        config.unet_width,
+        config.unet_depth,
+        config.residual_mean,
+        seed=config.seed,
+        work_size=config.work_size,
+    ).to(device)
+
+
 def make_optimizer(model: nn.Module, config: HFMTrainConfig) -> torch.optim.Optimizer:
     """RMSprop (lr, weight decay, momentum) or Adam (lr, weight decay) as the config says."""
     if config.optimizer == "adam":
@@ -366,14 +379,7 @@ class HFMTrainer:
         self.device = torch.device(device)
         self.progress = progress
         self.validation = validation
-        self.model = UNet(
-            in_channels,
-            config.unet_width,
-            config.unet_depth,
-            config.residual_mean,
-            seed=config.seed,
-            work_size=config.work_size,
-        ).to(self.device)
+        self.model = build_unet(in_channels, config, self.device)
         self.loss_fn = FusionLoss(
             config.cldice_weight,
             config.cldice_iterations,
@@ -577,14 +583,7 @@ class HFMTrainer:
         return record
 
     def _model_with(self, state: dict[str, Tensor] | None) -> UNet:
-        model = UNet(
-            self.model.in_channels,
-            self.config.unet_width,
-            self.config.unet_depth,
-            self.config.residual_mean,
-            seed=self.config.seed,
-            work_size=self.config.work_size,
-        ).to(self.device)
+        model = build_unet(self.model.in_channels, self.config, self.device)
         if state is not None:
             model.load_state_dict(state)
         return model.eval()
