@@ -9,8 +9,8 @@ the synthetic validation split; nothing here is tuned on test figures.
 
 Example (the figures in the report)::
 
-    PYTHONPATH=. python benchmarks/bench_multicore.py --dataset dev_mvtec_toothbrush --preset mc2 \\
-        --out benchmark_runs/multicore/toothbrush_mc2.json --check_reload
+    python benchmarks/bench_multicore.py --dataset dev_mvtec_toothbrush --preset mc4 --subsets mc2:2 \\
+        --out benchmark_runs/multicore/toothbrush.json --check_reload
 
 ``--check_reload`` saves the model, loads it in a new Python process, evaluates again and checks that every
 metric is identical.
@@ -51,20 +51,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="mc2")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image_size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=20, help="HFM epochs")
-    p.add_argument("--coreset_size", type=int, default=1000)
-    p.add_argument("--feature_dim", type=int, default=256, help="pooled patch-feature dimension (SPEC: 1024)")
-    p.add_argument("--synthetic_size", type=int, default=96)
+    p.add_argument("--epochs", type=int, default=10, help="HFM epochs")
+    p.add_argument("--coreset_size", type=int, default=2000)
+    p.add_argument("--feature_dim", type=int, default=1024, help="patch-feature dimension (SPEC: 1024)")
+    p.add_argument("--synthetic_size", type=int, default=400)
     p.add_argument("--masks_per_bucket", type=int, default=60, help="SSA K (paper: 60)")
+    p.add_argument("--anomaly_mix", default="mixed", help="training anomalies: paper, mixed, subtle")
+    p.add_argument("--validation_mix", default="subtle", help="validation anomalies: paper, mixed, subtle")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "rmsprop"))
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight_decay", type=float, default=1e-5)
     p.add_argument("--cldice_weight", type=float, default=0.25)
+    p.add_argument("--bce_weight", type=float, default=0.0)
     p.add_argument("--unet_width", type=int, default=16)
     p.add_argument("--unet_depth", type=int, default=3)
     p.add_argument("--work_size", type=int, default=64, help="HFM resolution (0: full size)")
-    p.add_argument("--hfm_batch_size", type=int, default=4)
-    p.add_argument("--validation_fraction", type=float, default=0.2)
+    p.add_argument("--hfm_batch_size", type=int, default=8)
+    p.add_argument("--validation_fraction", type=float, default=0.25)
     p.add_argument("--train_limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test_skip", type=int, default=1, help="keep every k-th test image (both test splits)")
     p.add_argument(
@@ -144,26 +148,23 @@ def evaluate_subset(sub: MultiCore, outputs: tuple) -> dict[str, dict[str, float
     return {m: dict(r["metric_results"]) for m, r in results.items()}
 
 
-def history_of(model: MultiCore) -> list[dict[str, Any]]:
-    return [
-        {
-            "epoch": r.epoch,
-            "train_loss": r.train_loss,
-            "val_loss": r.validation.loss if r.validation else None,
-            "val_pauc": r.validation.pixel_auroc if r.validation else None,
-            "val_pauc_ensemble_mean": r.validation.pixel_auroc_mean if r.validation else None,
-            "is_best": r.is_best,
-        }
-        for r in model.history
-    ]
+def history_of(model: MultiCore) -> dict[str, Any]:
+    return model.history_summary()
 
 
-def print_history(history: list[dict[str, Any]]) -> None:
-    for h in history:
+def print_history(history: dict[str, Any]) -> None:
+    metric = history["selection_metric"]
+    base = history["validation_before_training"]
+    members = {k: round(v[metric], 4) for k, v in base["members"].items()}
+    print(f"validation {metric}: ensemble mean {base['ensemble_mean'][metric]:.4f}; members {members}")
+    for h in history["epochs"]:
+        v = h["validation"]
         print(
-            f"HFM epoch {h['epoch']}: train {h['train_loss']:.4f} val loss {h['val_loss']:.4f} val P-AUC "
-            f"{h['val_pauc']:.4f} (ensemble mean {h['val_pauc_ensemble_mean']:.4f}){' *' if h['is_best'] else ''}"
+            f"HFM epoch {h['epoch']}: train {h['train_loss']:.4f}; validation {metric} {v[metric]:.4f}, "
+            f"image AUROC {v['image_auroc']:.4f}{'' if h['is_candidate'] else ' (guard)'}; "
+            f"multicore = {h['multicore_is']}"
         )
+    print(history["explanation"])
 
 
 def table(metrics: dict[str, dict[str, float]]) -> str:
@@ -196,10 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         feature_dim=args.feature_dim,
         synthetic_size=args.synthetic_size,
         ssa={"masks_per_bucket": args.masks_per_bucket},
+        anomaly_mix=args.anomaly_mix,
+        validation_mix=args.validation_mix,
+        optimizer=args.optimizer,
         lr=args.lr,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         cldice_weight=args.cldice_weight,
+        bce_weight=args.bce_weight,
         unet_width=args.unet_width,
         unet_depth=args.unet_depth,
         work_size=args.work_size or None,
@@ -239,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_params": algo.params,
         "epochs": args.epochs,
         "hfm_best_epoch": algo.model.hfm_best_epoch_,
+        "multicore_is": history["multicore_is"],
         "seconds": {
             "preparation": preparation,
             "hfm_epochs": sum(epoch_times),
@@ -282,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             "hfm_training_seconds": seconds,
             "hfm_best_epoch": sub.hfm_best_epoch_,
             "hfm_history": history_of(sub),
+            "multicore_is": history_of(sub)["multicore_is"],
             "metrics": sub_metrics,
         }
         print(f"== {name} (first {n} members, own HFM) on {args.dataset}")

@@ -207,8 +207,8 @@ for name in MVTEC_CLASSES:
         "regular_train_start": None, "regular_train_end": None,
         "regular_test_start": None, "regular_test_end": None,
         "novel_test_start": None, "novel_test_end": None,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
+        "mean": {mean!r},
+        "std": {std!r},
     }}
 
 
@@ -230,7 +230,8 @@ class ImageDataset(Dataset):
     def __init__(self, folder, start, end, skip, pre_pro, identical, training, mask_folder=None):
         self.folder = folder
         self.image_names = sorted(os.listdir(folder))[slice(start, end)][::skip]
-        self.pre_pro, self.identical, self.training = pre_pro, identical, training
+        # VisionAD's attribute name for the normalisation; like VisionAD, no mean / std attributes
+        self.pp_transforms, self.identical, self.training = pre_pro, identical, training
         self.mask_folder = mask_folder
         self.pre_normalisation_transform = None
 
@@ -244,7 +245,7 @@ class ImageDataset(Dataset):
             image, info = self.pre_normalisation_transform(image)
         else:
             image, info = transforms.ToTensor()(image), 0
-        image = self.pre_pro(image)
+        image = self.pp_transforms(image)
         if self.identical:
             image = self.identical(image)
         if self.mask_folder is None:
@@ -416,6 +417,8 @@ def write_fake_visionad(
     mvtec_path: Path | None = None,
     results_directory: Path | None = None,
     mvtec_classes: Mapping[str, object] | list[str] | None = None,
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225),
 ) -> Path:
     """Write a minimal fake VisionAD checkout under ``root`` and return ``root``.
 
@@ -427,6 +430,7 @@ def write_fake_visionad(
         results_directory: the ``RESULTS_DIRECTORY`` to write; default ``root / "results"``.
         mvtec_classes: class folder names under ``mvtec_path`` registered as ``mvtec_<name>``;
             default VisionAD's 15 MVTec classes.
+        mean, std: the normalisation statistics of every dataset (VisionAD's own entries use ImageNet's).
 
     Returns:
         ``root``; ``root / CALLS_FILE`` receives one JSON line per ``train_algo`` call.
@@ -445,6 +449,8 @@ def write_fake_visionad(
             mvtec_path=str(mvtec_path if mvtec_path is not None else root / "mvtec"),
             results_directory=str(results_directory if results_directory is not None else root / "results"),
             classes=classes,
+            mean=list(mean),
+            std=list(std),
         ),
         "data/load_image_data.py": _LOAD_IMAGE_DATA,
         "wrapper/wrapper.py": _WRAPPER.format(calls_file=CALLS_FILE),

@@ -33,7 +33,7 @@ TINY_PARAMS: dict[str, Any] = {
     "validation_fraction": 0.25,
     "progress": False,
 }
-METHODS = ["multicore", "ensemble_mean", "p1_euclidean_p3_s1", "p2_minkowski3_p1_s1"]
+METHODS = ["multicore", "multicore_hfm", "ensemble_mean", "p1_euclidean_p3_s1", "p2_minkowski3_p1_s1"]
 
 
 def tiny_loaders(root: Path) -> tuple[Any, Any, Any]:
@@ -74,11 +74,15 @@ def trained(
 def test_hooks_and_method_keys(trained: tuple[WrapperMultiCore, Path, tuple]) -> None:
     algo, _, loaders = trained
     assert algo.model.hfm_epochs_ == 1 and algo.model.is_prepared
-    assert algo.model.fusion_ is not None and not algo.model.fusion_.training
+    assert algo.model.hfm_ is not None and not algo.model.hfm_.training
     heatmaps, scores = evaluate(algo, loaders)
+    if algo.model.fusion_ is not None:
+        assert torch.equal(heatmaps["multicore"], heatmaps["multicore_hfm"])
+    elif algo.model.selected_subset_ is None:
+        assert torch.equal(heatmaps["multicore"], heatmaps["ensemble_mean"])
     assert list(heatmaps) == METHODS and list(scores) == METHODS
     for method in METHODS:
-        assert heatmaps[method].shape == (4, 64, 64)
+        assert heatmaps[method].shape == (4, 256, 256)
         assert scores[method].shape == (4,)
         assert torch.isfinite(heatmaps[method]).all()
 
@@ -103,7 +107,12 @@ def test_save_load_fresh_instance_identical(trained: tuple[WrapperMultiCore, Pat
     algo, location, loaders = trained
     assert {p.name for p in location.iterdir()} >= {"model_params.json", "multicore.pt", "hfm_history.json"}
     history = json.loads((location / "hfm_history.json").read_text())
-    assert len(history) == 1 and history[0]["is_best"]
+    assert len(history["epochs"]) == 1 and history["epochs"][0]["is_best_trained"]
+    assert history["multicore_is"] in ("ensemble_mean", "hfm_epoch_0") or history["multicore_is"].startswith(
+        "mean_of:"
+    )
+    assert history["multicore_is"] == history["epochs"][-1]["multicore_is"]
+    assert set(history["validation_before_training"]["members"]) == set(METHODS[3:])
     before = evaluate(algo, loaders)
     fresh = WrapperMultiCore()
     fresh.load_model(location)  # no training loader attached
@@ -146,3 +155,37 @@ def test_load_in_a_new_process_gives_identical_outputs(
     other = torch.load(out, weights_only=True)
     for method in METHODS:
         assert torch.equal(heatmaps[method], other[method]), method
+
+
+def test_zero_epochs_through_the_runner_is_the_ensemble_mean(tiny_mvtec: Path, tmp_path: Path) -> None:
+    """``epochs: 0`` evaluates the untrained module: multicore and multicore_hfm equal ensemble_mean exactly."""
+    from tests.fake_visionad import write_visionad_config
+    from visionad_multicore.algorithms import get_algorithm
+    from visionad_multicore.visionad.runner import run_config
+
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text(f"datasets:\n  tiny:\n    path: {tiny_mvtec}\n")
+    config = write_visionad_config(
+        tmp_path / "cfg.py",
+        models=[
+            {
+                "algo_class_name": "multicore",
+                "model_params": TINY_PARAMS,
+                "epochs": 0,
+                "save_model_every_n_epochs": 1,
+            }
+        ],
+        dataset_list=["tiny"],
+        metrics=["Imagewise_AUC", "Pixelwise_AUC", "Pixelwise_AUPRO"],
+        size=64,
+    )
+    summary = run_config(
+        config, registry_path=registry, results_dir=tmp_path / "res", resolve_algorithm=get_algorithm
+    )
+    assert summary.ok
+    (pair,) = summary.results
+    assert pair.evaluated_epochs == [0]
+    for metric, values in pair.metrics.items():
+        assert values["multicore"] == values["ensemble_mean"] == values["multicore_hfm"], metric
+    history = json.loads((pair.path / "0" / "model" / "hfm_history.json").read_text())
+    assert history["multicore_is"] == "ensemble_mean" and history["epochs_trained"] == 0

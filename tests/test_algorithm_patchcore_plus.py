@@ -9,12 +9,16 @@ from typing import Any
 import pytest
 import torch
 
-from visionad_multicore.algorithms.patchcore_plus import METHOD, METHOD_REWEIGHTED, WrapperPatchCorePlus
+from visionad_multicore.algorithms.patchcore_plus import METHOD, WrapperPatchCorePlus
 from visionad_multicore.visionad.loaders import create_dataloaders
 from visionad_multicore.visionad.metrics import image_auroc
 
+METHOD_MAX = f"{METHOD}_max"
 
-def tiny_loaders(root: Path) -> tuple[Any, Any, Any]:
+
+def tiny_loaders(
+    root: Path, mean: list[float] | None = None, std: list[float] | None = None
+) -> tuple[Any, Any, Any]:
     return create_dataloaders(
         None,
         None,
@@ -25,6 +29,8 @@ def tiny_loaders(root: Path) -> tuple[Any, Any, Any]:
         folder_path_regular_test=str(root / "test/good"),
         folder_path_novel_test=[str(root / "test/defect")],
         folder_path_novel_masks=[str(root / "ground_truth/defect")],
+        mean=mean or [0.485, 0.456, 0.406],
+        std=std or [0.229, 0.224, 0.225],
     )
 
 
@@ -40,14 +46,17 @@ def trained(tiny_mvtec: Path) -> tuple[WrapperPatchCorePlus, tuple[Any, Any, Any
 
 def test_hooks_and_outputs(trained: tuple[WrapperPatchCorePlus, tuple[Any, Any, Any]]) -> None:
     algo, _ = trained
-    assert algo.predictor.memory_bank_.shape == (100, 1024)
+    assert algo.predictor.memory_bank_.shape == (100, 152)
     heatmap_set, score_set, targets_set, paths_set = algo.test()
     for split, n in (("regular", 4), ("novel", 4)):
         heatmaps = heatmap_set[f"heatmap_set_{split}"]
         scores = score_set[f"image_score_set_{split}"]
-        assert set(heatmaps) == set(scores) == {METHOD, METHOD_REWEIGHTED}
+        assert set(heatmaps) == set(scores) == {METHOD, METHOD_MAX}
         assert heatmaps[METHOD].shape == (n, 1, 256, 256)
         assert scores[METHOD].shape == (n,)
+        # the default score is PatchCore's re-weighted one; the heatmap maximum comes as patchcore_plus_max
+        torch.testing.assert_close(scores[METHOD_MAX], heatmaps[METHOD].flatten(1).amax(1))
+        assert not torch.equal(scores[METHOD], scores[METHOD_MAX])
     reg, nov = score_set["image_score_set_regular"], score_set["image_score_set_novel"]
     assert image_auroc(reg[METHOD].numpy(), nov[METHOD].numpy()) == 1.0
 
@@ -61,15 +70,13 @@ def test_hook_attached_is_refused(tiny_mvtec: Path) -> None:
         algo.pre_eval_processing()
 
 
-def test_mean_std_from_train_dataset(tiny_mvtec: Path) -> None:
-    loaders = tiny_loaders(tiny_mvtec)
-    loaders[0].dataset.mean = [0.5, 0.5, 0.5]
-    loaders[0].dataset.std = [0.25, 0.25, 0.25]
+def test_mean_std_from_the_loaders_normalisation(tiny_mvtec: Path) -> None:
+    loaders = tiny_loaders(tiny_mvtec, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.1])
     algo = WrapperPatchCorePlus(coreset_size=10, progress=False)
     algo.enter_dataloaders(*loaders)
     algo.pre_eval_processing()
-    assert algo.predictor.input_mean == (0.5, 0.5, 0.5)
-    assert algo.predictor.input_std == (0.25, 0.25, 0.25)
+    assert algo.predictor.input_mean == (0.5, 0.4, 0.3)
+    assert algo.predictor.input_std == (0.25, 0.2, 0.1)
 
 
 def test_save_load_fresh_instance_bit_identical(
@@ -83,7 +90,7 @@ def test_save_load_fresh_instance_bit_identical(
     fresh = WrapperPatchCorePlus()  # default params, no loaders: everything comes from the files
     fresh.load_model(tmp_path / "model")
     after = fresh.eval_outputs_dataloader(((images, None) for _ in range(1)), 1)
-    for method in (METHOD, METHOD_REWEIGHTED):
+    for method in (METHOD, METHOD_MAX):
         assert torch.equal(before[0][method], after[0][method])
         assert torch.equal(before[1][method], after[1][method])
 

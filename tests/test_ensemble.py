@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -116,38 +117,57 @@ def test_statistics_come_from_clean_fusion_images(
     torch.testing.assert_close(model.stats_std_, maps.double().std(dim=(0, 2, 3)).float())
 
 
-def test_synthetic_cache(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
-    model, _, _ = prepared
-    assert model._cache is not None
-    maps, masks = model._cache
-    assert maps.shape == (12, 2, 64, 64) and maps.dtype == torch.float16
-    assert masks.shape == (12, 1, 64, 64) and masks.dtype == torch.float16
-    assert ((masks == 0) | (masks == 1)).all()  # no work_size: binary targets at full size
-    assert masks.any() and not masks.all()
-    assert model._labels is None
-    assert model._train_idx is not None and model._val_idx is not None
-    assert len(model._val_idx) == 3 and not set(model._train_idx.tolist()) & set(model._val_idx.tolist())
+def test_synthetic_sets(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
+    """Training maps at the work size, a separate validation set at full size, clean maps as negatives."""
+    model, train, _ = prepared
+    data = model._data
+    assert data is not None
+    assert data.train_maps.shape == (9, 2, 64, 64) and data.train_maps.dtype == torch.float16
+    assert data.train_targets.shape == (9, 1, 64, 64)
+    targets = data.train_targets
+    assert ((targets == 0) | (targets == 1)).all()  # no work_size: binary targets at full size
+    assert targets.any() and not targets.all()
+    v = data.validation
+    assert v.maps.shape == (3, 2, 64, 64) and v.masks.dtype == torch.bool
+    assert v.nominal.shape == (len(model.fusion_idx_), 2, 64, 64)
+    # the clean maps are the fusion-share images' normalised maps
+    raw, _ = model.member_maps(train[model.fusion_idx_])
+    # (h - mean) / std with the statistics of these same clean maps, written out (float16 cache: loose tolerance)
+    expected = (raw - raw.mean(dim=(0, 2, 3))[None, :, None, None]) / raw.std(dim=(0, 2, 3))[
+        None, :, None, None
+    ]
+    torch.testing.assert_close(v.nominal.float(), expected, atol=1e-2, rtol=1e-3)
+    # the validation set has its own masks and seed: none of its items repeats a training item
+    for i in range(len(v.maps)):
+        assert not any(torch.equal(v.maps[i], t) for t in data.train_maps)
 
 
 def test_untrained_fusion_is_the_ensemble_mean(
     prepared: tuple[MultiCore, torch.Tensor, torch.Tensor],
 ) -> None:
     model, _, test_images = prepared
-    assert model.hfm_epochs_ == 0, "runs before test_train_predict_save_load (file order)"
+    assert model.hfm_epochs_ == 0  # no test trains the shared fixture (they train copies)
     out = model.predict(test_images)
     torch.testing.assert_close(out.fused, out.mean)
 
 
 # ------------------------------------------------------------------------------------------- training, prediction
 def test_train_predict_save_load(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:
-    model, _, test_images = prepared
+    shared, _, test_images = prepared
+    model = copy.deepcopy(shared)  # train a copy: the module fixture stays untrained for the other tests
     record = model.train_epoch()
-    assert record.epoch == 0 and record.validation is not None and np.isfinite(record.train_loss)
+    assert record.epoch == 0 and np.isfinite(record.train_loss) and np.isfinite(record.validation.loss)
     assert model.hfm_epochs_ == 1
 
     out = model.predict(test_images)
     heatmaps, scores = out.methods()
-    assert list(heatmaps) == ["multicore", "ensemble_mean", "p1_euclidean_p3_s1", "p2_minkowski3_p1_s1"]
+    assert list(heatmaps) == [
+        "multicore",
+        "multicore_hfm",
+        "ensemble_mean",
+        "p1_euclidean_p3_s1",
+        "p2_minkowski3_p1_s1",
+    ]
     assert list(scores) == list(heatmaps)
     for method in heatmaps:
         assert heatmaps[method].shape == (4, 64, 64) and heatmaps[method].dtype == torch.float32
@@ -155,10 +175,15 @@ def test_train_predict_save_load(prepared: tuple[MultiCore, torch.Tensor, torch.
     raw = torch.stack([heatmaps["p1_euclidean_p3_s1"], heatmaps["p2_minkowski3_p1_s1"]], dim=1)
     normalised = (raw - model.stats_mean_[None, :, None, None]) / model.stats_std_[None, :, None, None]
     torch.testing.assert_close(heatmaps["ensemble_mean"], normalised.mean(dim=1))
-    torch.testing.assert_close(scores["multicore"], heatmaps["multicore"].amax(dim=(1, 2)))
-    torch.testing.assert_close(scores["ensemble_mean"], heatmaps["ensemble_mean"].amax(dim=(1, 2)))
-    assert model.fusion_ is not None and not model.fusion_.training
+    for method in ("multicore", "multicore_hfm", "ensemble_mean"):
+        torch.testing.assert_close(scores[method], heatmaps[method].amax(dim=(1, 2)))
+    assert model.hfm_ is not None and not model.hfm_.training
     assert model.hfm_best_epoch_ == 0
+    # multicore is the mean unless the epoch beat it on validation; either way the record says which
+    if model.fusion_ is None:
+        assert record.selected == -1 and torch.equal(heatmaps["multicore"], heatmaps["ensemble_mean"])
+    else:
+        assert record.selected == 0 and torch.equal(heatmaps["multicore"], heatmaps["multicore_hfm"])
 
     # a fresh instance from the state predicts bit for bit the same
     state = model.state_dict()
@@ -196,8 +221,9 @@ def test_fuse_equals_predict_and_subset(prepared: tuple[MultiCore, torch.Tensor,
     record = sub.train_epoch()
     assert record.epoch == 0 and sub.hfm_epochs_ == 1
     out = sub.predict(test_images)
-    assert set(out.methods()[0]) == {"multicore", "ensemble_mean", "p1_euclidean_p3_s1"}
-    torch.testing.assert_close(out.mean, sub._normalise(raw[:, :1])[:, 0])
+    assert set(out.methods()[0]) == {"multicore", "multicore_hfm", "ensemble_mean", "p1_euclidean_p3_s1"}
+    first = raw[:, 0]  # one member: the "mean" is its own map standardised with its clean-image statistics
+    torch.testing.assert_close(out.mean, (first - model.stats_mean_[0]) / model.stats_std_[0])
     with pytest.raises(ValueError, match="n_members"):
         model.subset(3)
 
@@ -213,7 +239,9 @@ def test_subset_of_mc4_matches_mc2(prepared: tuple[MultiCore, torch.Tensor, torc
     for a, b in zip(sub.members, mc2.members):
         assert torch.equal(a.memory_bank_, b.memory_bank_)
     assert torch.equal(sub.stats_mean_, mc2.stats_mean_) and torch.equal(sub.stats_std_, mc2.stats_std_)
-    assert torch.equal(sub._cache[0], mc2._cache[0]) and torch.equal(sub._cache[1], mc2._cache[1])
+    assert sub._data is not None and mc2._data is not None
+    assert torch.equal(sub._data.train_maps, mc2._data.train_maps)
+    assert torch.equal(sub._data.validation.maps, mc2._data.validation.maps)
 
 
 def test_every_member_bank_equals_its_own_fit(prepared: tuple[MultiCore, torch.Tensor, torch.Tensor]) -> None:

@@ -17,10 +17,10 @@ from visionad_multicore.patchcore.predictor import PatchCorePlus
 from visionad_multicore.selection import (
     START,
     ScoringSettings,
-    binned_pixel_auroc,
     coverage_search,
     default_candidates,
     load_candidates,
+    pixel_auc_criterion,
     score_candidates,
 )
 from visionad_multicore.synthetic.dataset import SyntheticAnomalySet
@@ -72,16 +72,15 @@ def test_load_candidates(tmp_path: Path) -> None:
         load_candidates(bad)
 
 
-def test_binned_pixel_auroc_matches_sklearn() -> None:
+def test_default_criterion_is_the_exact_unflipped_pixel_auroc() -> None:
     rng = np.random.default_rng(0)
     masks = rng.random((6, 32, 32)) < 0.1
-    maps = rng.normal(size=(6, 32, 32)) + 1.2 * masks
+    maps = (rng.normal(size=(6, 32, 32)) + 1.2 * masks).astype(np.float16)  # ties, as in the cache
     exact = roc_auc_score(masks.ravel(), maps.ravel())
-    assert abs(binned_pixel_auroc(maps, masks) - exact) < 1e-4
-    assert abs(binned_pixel_auroc(-maps, masks) - (1 - exact)) < 1e-4  # unflipped
-    assert binned_pixel_auroc(np.zeros((1, 4, 4)), np.eye(4, dtype=bool)[None]) == 0.5
-    with pytest.raises(ValueError, match="both"):
-        binned_pixel_auroc(maps, np.zeros_like(masks))
+    assert pixel_auc_criterion(maps, masks) == pytest.approx(exact, abs=1e-12)
+    assert pixel_auc_criterion(-maps, masks) == pytest.approx(1 - exact, abs=1e-12)  # unflipped
+    with pytest.raises(ValueError, match="class"):
+        pixel_auc_criterion(maps, np.zeros_like(masks))
 
 
 def _toy_problem() -> tuple[dict[PredictorSpec, np.ndarray], np.ndarray]:

@@ -1,6 +1,7 @@
 """MultiCore: an ensemble of Patchcore+ predictors fused by the Heatmap Fusion Module (HFM).
 
-The core knows nothing about VisionAD; :mod:`visionad_multicore.algorithms.multicore` adapts it.
+The core knows nothing about VisionAD; :mod:`visionad_multicore.algorithms.multicore` adapts it. The member
+sets (MC2 / MC4 / MC8 and YAML presets) live in :mod:`visionad_multicore.preset`.
 
 Pipeline (SPEC section 3):
 
@@ -12,14 +13,18 @@ Pipeline (SPEC section 3):
    code, which also left its noise hook on the loader feeding the bank).
 2. Each member's heatmaps of the clean fusion-share images give that member's normalisation mean and std
    (over all pixels); heatmaps are normalised as ``(h - mean) / std`` before fusion and averaging.
-3. The synthetic set (SSA masks, Gaussian noise) is scored once by every member; the normalised maps are
-   cached in memory as float16 (``S * M * H * W * 2`` bytes: 4000 images, MC8, 256 px = 4.2 GB), at the
-   HFM's ``work_size`` when one is set (a CPU compromise; validation is then still at full size).
-4. :meth:`MultiCore.train_epoch` trains the UNet for one epoch on the cache; a held-out validation split of
-   the synthetic set picks the checkpoint used by :meth:`predict`. No test image is seen before evaluation.
+3. Two synthetic sets are made from the fusion share, each with its own SSA masks and seed: the training set
+   (anomaly content ``anomaly_mix``, default the ``mixed`` mixture of
+   :mod:`visionad_multicore.synthetic.anomalies`) and the validation set (``validation_mix``, default the
+   weaker ``subtle`` mixture). Every member scores both once; the normalised maps are cached (training maps
+   at the HFM's ``work_size``, validation maps at full resolution).
+4. :meth:`MultiCore.train_epoch` trains the UNet for one epoch; :class:`~visionad_multicore.fusion.train.
+   HFMTrainer` scores it on the validation set and decides what ``multicore`` is: the ensemble mean (the
+   untrained module) unless a trained epoch beats it there. No test image is seen before evaluation.
 
-All members share one backbone pass per image. :meth:`predict` returns the fused map (``multicore``), the
-mean of the normalised maps (``ensemble_mean``) and every member's own map, so one run is its own ablation.
+All members share one backbone pass per image. :meth:`predict` returns the chosen fused map (``multicore``),
+the best trained epoch's map (``multicore_hfm``), the mean of the normalised maps (``ensemble_mean``) and every
+member's own map, so one run is its own ablation.
 """
 
 from __future__ import annotations
@@ -35,17 +40,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from visionad_multicore.fusion.train import EpochRecord, HFMTrainConfig, HFMTrainer, split_train_validation
+from visionad_multicore.fusion.train import (
+    MEAN_EPOCH,
+    EpochRecord,
+    HFMTrainConfig,
+    HFMTrainer,
+    ValidationData,
+    build_unet,
+)
 from visionad_multicore.fusion.unet import UNet
+from visionad_multicore.member_maps import normalisation_stats
 from visionad_multicore.patchcore.backbone import build_backbone
 from visionad_multicore.patchcore.bank import MemoryBudget
 from visionad_multicore.patchcore.device import check_device
-from visionad_multicore.patchcore.distances import check_backend, check_distance
+from visionad_multicore.patchcore.distances import check_backend
 from visionad_multicore.patchcore.predictor import PatchCorePlus
+from visionad_multicore.preset import PRESETS, PredictorSpec, Preset, load_preset
+from visionad_multicore.synthetic.anomalies import resolve_mix
 from visionad_multicore.synthetic.dataset import SyntheticAnomalySet, split_bank_fusion
 from visionad_multicore.synthetic.masks import SSAConfig, generate_masks
 
@@ -60,102 +74,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRESET_DIR = Path(__file__).resolve().parent / "presets"
-PRESETS: tuple[str, ...] = ("mc2", "mc4", "mc8")
-STATE_FORMAT = 1
-_STD_FLOOR = 1e-8
-
-
-# ---------------------------------------------------------------------------------------------- presets
-@dataclass(frozen=True)
-class PredictorSpec:
-    """One Patchcore+ member: distance, patch size and patch stride."""
-
-    distance: str
-    patch_size: int
-    stride: int
-
-    def __post_init__(self) -> None:
-        check_distance(self.distance)
-        for name in ("patch_size", "stride"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PredictorSpec.{name} must be an integer >= 1, got {value!r}")
-
-    def key(self, position: int) -> str:
-        """Method name of the member at 1-based ``position``, e.g. ``p1_euclidean_p3_s1``."""
-        return f"p{position}_{self.distance}_p{self.patch_size}_s{self.stride}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named list of predictors; ``{name: mc2, predictors: [{distance, patch_size, stride}, ...]}`` in YAML."""
-
-    name: str
-    predictors: tuple[PredictorSpec, ...]
-
-    def __post_init__(self) -> None:
-        if not self.predictors:
-            raise ValueError(f"preset {self.name!r} has no predictors")
-
-    @property
-    def member_keys(self) -> list[str]:
-        """Method names of the members, in order."""
-        return [spec.key(i + 1) for i, spec in enumerate(self.predictors)]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The YAML / JSON form."""
-        return {"name": self.name, "predictors": [spec.to_dict() for spec in self.predictors]}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "<dict>") -> Preset:
-        """Build from the YAML form; unknown or missing keys are errors naming ``source``."""
-        if not isinstance(values, Mapping):
-            raise ValueError(f"{source}: a preset must be a mapping with keys 'name' and 'predictors'")
-        unknown = sorted(set(values) - {"name", "predictors"})
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown preset keys {unknown}; valid keys are ['name', 'predictors']"
-            )
-        if "predictors" not in values or not isinstance(values["predictors"], Sequence):
-            raise ValueError(f"{source}: 'predictors' must be a list of {{distance, patch_size, stride}}")
-        valid = [f.name for f in dataclasses.fields(PredictorSpec)]
-        specs = []
-        for i, item in enumerate(values["predictors"]):
-            if not isinstance(item, Mapping) or set(item) != set(valid):
-                raise ValueError(
-                    f"{source}: predictor {i + 1} must have exactly the keys {valid}, got {item!r}"
-                )
-            try:
-                specs.append(PredictorSpec(**item))
-            except ValueError as err:
-                raise ValueError(f"{source}: predictor {i + 1}: {err}") from err
-        return cls(name=str(values.get("name", Path(source).stem)), predictors=tuple(specs))
-
-
-def load_preset(preset: str | Path | Preset | Mapping[str, Any]) -> Preset:
-    """Resolve a preset: a built-in name (``mc2``, ``mc4``, ``mc8``), a path to a YAML file, or its dict form.
-
-    Raises:
-        ValueError: unknown name (the message lists the built-in ones) or a malformed file.
-    """
-    if isinstance(preset, Preset):
-        return preset
-    if isinstance(preset, Mapping):
-        return Preset.from_dict(preset)
-    text = str(preset)
-    if text.lower() in PRESETS:
-        path = PRESET_DIR / f"{text.lower()}.yaml"
-    else:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ValueError(f"unknown preset {text!r}: not one of {list(PRESETS)} and no such YAML file")
-    with open(path) as f:
-        values = yaml.safe_load(f)
-    return Preset.from_dict(values, source=str(path))
+STATE_FORMAT = 2
+PAPER_MIX = "paper"  # the paper's noise-only content, drawn exactly as SSAConfig.noise_std says
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -164,8 +84,11 @@ class MultiCoreOutput:
     """Everything MultiCore gives for a batch of images.
 
     Attributes:
-        fused: HFM output ``(N, H, W)``; the ``multicore`` method.
+        fused: ``(N, H, W)`` the ``multicore`` method: the HFM's map, or the ensemble mean when no trained
+            epoch beat it on validation.
         fused_scores: ``(N,)`` max of ``fused``.
+        hfm: ``(N, H, W)`` the best trained epoch's map (``multicore_hfm``), whether chosen or not.
+        hfm_scores: ``(N,)`` max of ``hfm``.
         mean: Mean of the normalised member maps ``(N, H, W)``; the ``ensemble_mean`` method.
         mean_scores: ``(N,)`` max of ``mean``.
         member_heatmaps: Member key -> that member's own (unnormalised) heatmaps ``(N, H, W)``.
@@ -174,16 +97,49 @@ class MultiCoreOutput:
 
     fused: Tensor
     fused_scores: Tensor
+    hfm: Tensor
+    hfm_scores: Tensor
     mean: Tensor
     mean_scores: Tensor
     member_heatmaps: dict[str, Tensor]
     member_scores: dict[str, Tensor]
 
     def methods(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """``(heatmaps, scores)`` keyed by method name: ``multicore``, ``ensemble_mean``, then each member."""
-        heatmaps = {"multicore": self.fused, "ensemble_mean": self.mean, **self.member_heatmaps}
-        scores = {"multicore": self.fused_scores, "ensemble_mean": self.mean_scores, **self.member_scores}
+        """``(heatmaps, scores)`` by method: ``multicore``, ``multicore_hfm``, ``ensemble_mean``, each member."""
+        heatmaps = {
+            "multicore": self.fused,
+            "multicore_hfm": self.hfm,
+            "ensemble_mean": self.mean,
+            **self.member_heatmaps,
+        }
+        scores = {
+            "multicore": self.fused_scores,
+            "multicore_hfm": self.hfm_scores,
+            "ensemble_mean": self.mean_scores,
+            **self.member_scores,
+        }
         return heatmaps, scores
+
+
+@dataclass
+class _FusionData:
+    """What HFM training needs, made once by :meth:`MultiCore.prepare` (not saved)."""
+
+    train_maps: Tensor  # (S, M, h, w) normalised, at the work size
+    train_targets: Tensor  # (S, 1, h, w) in [0, 1]
+    val_work_maps: Tensor  # (V, M, h, w) for the validation loss
+    val_work_targets: Tensor  # (V, 1, h, w)
+    validation: ValidationData  # full resolution
+
+    def subset(self, n_members: int) -> _FusionData:
+        v = self.validation
+        return _FusionData(
+            self.train_maps[:, :n_members],
+            self.train_targets,
+            self.val_work_maps[:, :n_members],
+            self.val_work_targets,
+            ValidationData(v.maps[:, :n_members], v.masks, v.nominal[:, :n_members]),
+        )
 
 
 # ---------------------------------------------------------------------------------------------- ensemble
@@ -198,10 +154,16 @@ class MultiCore:
         k: Nearest neighbours averaged in each member's patch score.
         feature_dim: Dimension of the pooled patch features (SPEC: 1024; lower it on a CPU, where the
             k-NN search of a ``minkowski3`` member costs ``patches x bank x feature_dim`` element operations).
-        bank_share: Share of the training images in the memory banks; the rest makes the synthetic set.
-        ssa: Synthetic-anomaly settings; its ``size`` is replaced by the image size at :meth:`prepare`.
-        hfm: Fusion-module settings (``synthetic_size``, UNet, optimiser, validation split).
-        seed: Seed of the split, the members, the masks, the synthetic set and the HFM (offsets per use).
+        feature_aggregation: How members turn neighbourhoods into vectors (``auto``: the paper's pipeline for
+            ``wideresnet50``, ``local_mean_equal`` otherwise; see :mod:`visionad_multicore.patchcore.patches`).
+        bank_share: Share of the training images in the memory banks; the rest makes the synthetic sets.
+        ssa: Synthetic-anomaly mask settings; its ``size`` is replaced by the image size at :meth:`prepare`.
+        hfm: Fusion-module settings (sizes, UNet, optimiser, loss, selection).
+        anomaly_mix: Content of the training anomalies: ``paper`` (Gaussian noise of ``ssa.noise_std``, the
+            paper's), a preset of :mod:`visionad_multicore.synthetic.anomalies` (``mixed``, ``subtle``) or a
+            dict of :class:`~visionad_multicore.synthetic.anomalies.AnomalyMix` settings.
+        validation_mix: Content of the validation anomalies (same choices; default ``subtle``).
+        seed: Seed of the split, the members, the masks, the synthetic sets and the HFM (offsets per use).
         device: Torch device of the backbone, the members and the UNet.
         batch_size: Images per backbone pass.
         cache_dtype: Dtype of the cached normalised synthetic heatmaps (``"float16"`` or ``"float32"``).
@@ -218,9 +180,12 @@ class MultiCore:
         coreset_size: int = 25_000,
         k: int = 1,
         feature_dim: int = 1024,
+        feature_aggregation: str = "auto",
         bank_share: float = 0.8,
         ssa: SSAConfig | None = None,
         hfm: HFMTrainConfig | None = None,
+        anomaly_mix: str | Mapping[str, Any] = "mixed",
+        validation_mix: str | Mapping[str, Any] = "subtle",
         seed: int = 0,
         device: str = "cpu",
         batch_size: int = 8,
@@ -235,14 +200,23 @@ class MultiCore:
             raise ValueError(f"MultiCore: batch_size must be >= 1, got {batch_size}")
         if cache_dtype not in ("float16", "float32"):
             raise ValueError(f"MultiCore: cache_dtype must be 'float16' or 'float32', got {cache_dtype!r}")
+        for name, mix in (("anomaly_mix", anomaly_mix), ("validation_mix", validation_mix)):
+            if mix != PAPER_MIX:
+                try:
+                    resolve_mix(mix)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"MultiCore: {name}: {err}") from err
         self.backbone = backbone
         self.backbone_weights = backbone_weights
         self.coreset_size = int(coreset_size)
         self.k = int(k)
         self.feature_dim = int(feature_dim)
+        self.feature_aggregation = str(feature_aggregation)
         self.bank_share = float(bank_share)
         self.ssa = ssa or SSAConfig()
         self.hfm = hfm or HFMTrainConfig()
+        self.anomaly_mix = anomaly_mix if isinstance(anomaly_mix, str) else dict(anomaly_mix)
+        self.validation_mix = validation_mix if isinstance(validation_mix, str) else dict(validation_mix)
         self.seed = int(seed)
         self.device = check_device(str(device))
         self.knn_backend = check_backend(knn_backend)
@@ -253,10 +227,7 @@ class MultiCore:
         self._feature_extractor: Any = None
         self._feature_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         self._trainer: HFMTrainer | None = None
-        self._cache: tuple[Tensor, Tensor] | None = None  # (S, M, h, w) normalised maps, (S, 1, h, w) targets
-        self._labels: Tensor | None = None  # (S, 1, H, W) bool masks when the HFM works below (H, W)
-        self._train_idx: np.ndarray | None = None
-        self._val_idx: np.ndarray | None = None
+        self._data: _FusionData | None = None
         self._fusion_stale = True
         # learned state
         self.input_mean_: tuple[float, ...] | None = None
@@ -266,7 +237,10 @@ class MultiCore:
         self.fusion_idx_: np.ndarray | None = None
         self.stats_mean_: Tensor | None = None  # (M,)
         self.stats_std_: Tensor | None = None  # (M,)
-        self.fusion_: UNet | None = None
+        self.fusion_: UNet | None = None  # what multicore uses; None: the ensemble mean
+        self.hfm_: UNet | None = None  # the best trained epoch (multicore_hfm)
+        self.selected_epoch_: int = MEAN_EPOCH
+        self.selected_subset_: tuple[int, ...] | None = None  # multicore = the mean of these members
         self.hfm_best_epoch_: int | None = None
         self.hfm_epochs_: int = 0
 
@@ -285,9 +259,12 @@ class MultiCore:
             "coreset_size": self.coreset_size,
             "k": self.k,
             "feature_dim": self.feature_dim,
+            "feature_aggregation": self.feature_aggregation,
             "bank_share": self.bank_share,
             "ssa": dataclasses.asdict(self.ssa),
             "hfm": self.hfm.to_dict(),
+            "anomaly_mix": self.anomaly_mix,
+            "validation_mix": self.validation_mix,
             "seed": self.seed,
             "device": self.device,
             "batch_size": self.batch_size,
@@ -304,20 +281,21 @@ class MultiCore:
         return out
 
     def _make_member(self, spec: PredictorSpec, index: int) -> PatchCorePlus:
-        return PatchCorePlus(
-            patch_size=spec.patch_size,
-            stride=spec.stride,
-            distance=spec.distance,
+        return spec.predictor(
             coreset_size=self.coreset_size,
             k=self.k,
             backbone=self.backbone,
             backbone_weights=self.backbone_weights,
             feature_dim=self.feature_dim,
+            feature_aggregation=self.feature_aggregation,
             seed=self.seed + index,
             device=self.device,
             progress=self.progress,
             knn_backend=self.knn_backend,
         )
+
+    def _new_unet(self) -> UNet:
+        return build_unet(len(self.members), self.hfm, self.device)
 
     # ------------------------------------------------------------------ backbone
     def _extractor(self) -> Any:
@@ -366,7 +344,7 @@ class MultiCore:
 
     # ------------------------------------------------------------------ preparation
     def prepare(self, train_images: Tensor, mean: Sequence[float], std: Sequence[float]) -> MultiCore:
-        """Fit the banks, the normalisation statistics and the synthetic cache; set up HFM training.
+        """Fit the banks and the normalisation statistics, make and score the synthetic sets, set up the HFM.
 
         Args:
             train_images: Nominal training images ``(N, 3, H, W)``, normalised with ``mean`` / ``std`` and
@@ -419,8 +397,7 @@ class MultiCore:
                 for s in self._batches(len(fusion_images), "Clean fusion maps")
             ]
         )  # (F, M, H, W)
-        self.stats_mean_ = clean.double().mean(dim=(0, 2, 3)).float()  # (M,)
-        self.stats_std_ = clean.double().std(dim=(0, 2, 3)).float().clamp_min(_STD_FLOOR)  # (M,)
+        self.stats_mean_, self.stats_std_ = normalisation_stats(clean, dims=(0, 2, 3))  # (M,), (M,)
         logger.info(
             "Member normalisation (mean, std): %s",
             {
@@ -428,60 +405,88 @@ class MultiCore:
                 for k, m, s in zip(self.member_keys, self.stats_mean_, self.stats_std_)
             },
         )
+        nominal = self._normalise(clean).to(torch.float16 if self.cache_dtype == "float16" else torch.float32)
+        del clean
 
-        # 3. synthetic set from fusion-share images only, scored by every member, cached normalised
-        # masks drawn at the model input size (non-square inputs: at ssa.size, resized NEAREST by the set)
-        square = self.image_size_[0] == self.image_size_[1]
-        ssa = dataclasses.replace(self.ssa, size=self.image_size_[0]) if square else self.ssa
-        mask_set = generate_masks(ssa, seed=self.seed, progress=self.progress)
-        synthetic = SyntheticAnomalySet(
-            fusion_images,
-            self.input_mean_,
-            self.input_std_,
-            mask_set,
-            size=self.hfm.synthetic_size,
-            noise_std=ssa.noise_std,
-            per_channel=ssa.per_channel,
-            seed=self.seed,
+        # 3. training and validation synthetic sets from fusion-share images, scored by every member
+        n_train, n_val = self.hfm.sizes
+        train_set = self._synthetic_set(fusion_images, n_train, self.anomaly_mix, self.seed)
+        val_set = self._synthetic_set(fusion_images, n_val, self.validation_mix, self.seed + 1)
+        train_maps, train_masks = self._score(train_set, "Synthetic maps (training)")
+        val_maps, val_masks = self._score(val_set, "Synthetic maps (validation)")
+        train_work, train_targets = self._to_work_size(train_maps, train_masks)
+        del train_maps
+        val_work, val_targets = self._to_work_size(val_maps, val_masks)
+        self._data = _FusionData(
+            train_work,
+            train_targets,
+            val_work,
+            val_targets,
+            ValidationData(val_maps, val_masks > 0.5, nominal),
         )
-        n_members, (height, width) = len(self.members), self.image_size_
-        work = (self.hfm.work_size, self.hfm.work_size) if self.hfm.work_size else (height, width)
-        dtype = torch.float16 if self.cache_dtype == "float16" else torch.float32
-        cache_maps = torch.empty((len(synthetic), n_members, *work), dtype=dtype)  # (S, M, h, w)
-        cache_targets = torch.empty((len(synthetic), 1, *work), dtype=torch.float16)  # (S, 1, h, w) in [0, 1]
-        labels = (
-            torch.empty((len(synthetic), 1, height, width), dtype=torch.bool) if self.hfm.work_size else None
-        )  # full-size masks for the validation AUROC when the HFM works at a lower resolution
         logger.info(
-            "Scoring %d synthetic images with %d members (cache %.1f MB at %dx%d)",
-            len(synthetic),
-            n_members,
-            cache_maps.numel() * cache_maps.element_size() / 2**20,
-            *work,
-        )
-        for s in self._batches(len(synthetic), "Synthetic maps"):
-            idx = list(range(s, min(s + self.batch_size, len(synthetic))))
-            images, masks = synthetic.tensors(idx)  # (b, 3, H, W), (b, 1, H, W)
-            normalised = self._normalise(self.member_maps(images)[0])  # (b, M, H, W)
-            if labels is not None:
-                labels[s : s + len(idx)] = masks > 0.5
-                normalised = F.interpolate(normalised, size=work, mode="area")
-                masks = F.interpolate(masks, size=work, mode="area")  # soft targets at the work size
-            cache_maps[s : s + len(idx)] = normalised.to(dtype)
-            cache_targets[s : s + len(idx)] = masks.to(torch.float16)
-        self._cache = (cache_maps, cache_targets)
-        self._labels = labels
-        self._train_idx, self._val_idx = split_train_validation(
-            len(synthetic), self.hfm.validation_fraction, self.seed
+            "HFM data: %d training items at %s, %d validation items at %s (+%d clean images)",
+            n_train,
+            tuple(train_work.shape[-2:]),
+            n_val,
+            tuple(val_maps.shape[-2:]),
+            len(nominal),
         )
 
         # 4. the fusion module
-        self._trainer = HFMTrainer(n_members, self.hfm, self.device)
-        self.fusion_ = self._trainer.best_model()
-        self.hfm_best_epoch_ = None
-        self.hfm_epochs_ = 0
-        self._fusion_stale = False
+        self._start_training()
         return self
+
+    def _synthetic_set(
+        self, images: Tensor, size: int, mix: str | Mapping[str, Any], seed: int
+    ) -> SyntheticAnomalySet:
+        """A synthetic set with its own SSA masks (drawn at the model input size when square) and seed."""
+        assert self.image_size_ is not None and self.input_mean_ is not None and self.input_std_ is not None
+        square = self.image_size_[0] == self.image_size_[1]
+        ssa = dataclasses.replace(self.ssa, size=self.image_size_[0]) if square else self.ssa
+        masks = generate_masks(ssa, seed=seed, progress=self.progress)
+        return SyntheticAnomalySet(
+            images,
+            self.input_mean_,
+            self.input_std_,
+            masks,
+            size=size,
+            noise_std=ssa.noise_std,
+            per_channel=ssa.per_channel,
+            seed=seed,
+            mix=None if mix == PAPER_MIX else mix,
+        )
+
+    def _score(self, synthetic: SyntheticAnomalySet, desc: str) -> tuple[Tensor, Tensor]:
+        """Normalised member maps ``(S, M, H, W)`` (cache dtype) and float masks ``(S, 1, H, W)`` of a set."""
+        maps, masks = [], []
+        for s in self._batches(len(synthetic), desc):
+            images, m = synthetic.tensors(range(s, min(s + self.batch_size, len(synthetic))))
+            maps.append(self._normalise(self.member_maps(images)[0]))
+            masks.append(m)
+        dtype = torch.float16 if self.cache_dtype == "float16" else torch.float32
+        return torch.cat(maps).to(dtype), torch.cat(masks)
+
+    def _to_work_size(self, maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """Maps and soft targets at the HFM's work size (area averages), or as they are."""
+        if not self.hfm.work_size:
+            return maps, masks.to(torch.float16)
+        size = (self.hfm.work_size, self.hfm.work_size)
+        work = torch.cat(
+            [F.interpolate(maps[s : s + 64].float(), size=size, mode="area") for s in range(0, len(maps), 64)]
+        )
+        targets = F.interpolate(masks.float(), size=size, mode="area")
+        return work.to(maps.dtype), targets.to(torch.float16)
+
+    def _start_training(self) -> None:
+        assert self._data is not None
+        self._trainer = HFMTrainer(
+            len(self.members), self.hfm, self._data.validation, self.device, self.member_keys, self.progress
+        )
+        self.fusion_, self.hfm_ = None, self._trainer.trained_model()
+        self.selected_epoch_, self.hfm_best_epoch_, self.hfm_epochs_ = MEAN_EPOCH, None, 0
+        self.selected_subset_ = self._trainer.selected_subset
+        self._fusion_stale = False
 
     @property
     def is_prepared(self) -> bool:
@@ -498,13 +503,12 @@ class MultiCore:
     # ------------------------------------------------------------------ HFM training
     def train_epoch(self) -> EpochRecord:
         """Train the HFM for one epoch on the synthetic cache (after :meth:`prepare`)."""
-        if self._trainer is None or self._cache is None or self._train_idx is None or self._val_idx is None:
+        if self._trainer is None or self._data is None:
             raise RuntimeError(
                 "MultiCore.train_epoch: call prepare() first (a loaded model cannot be trained)"
             )
-        record = self._trainer.run_epoch(
-            *self._cache, self._train_idx, self._val_idx, progress=self.progress, labels=self._labels
-        )
+        d = self._data
+        record = self._trainer.run_epoch(d.train_maps, d.train_targets, d.val_work_maps, d.val_work_targets)
         self.hfm_epochs_ = self._trainer.epoch
         self._fusion_stale = True
         return record
@@ -514,12 +518,84 @@ class MultiCore:
         """Records of the HFM epochs run in this instance."""
         return [] if self._trainer is None else list(self._trainer.history)
 
+    def validation_summary(self) -> dict[str, Any]:
+        """The validation scores of the ensemble mean and of each member (empty when not prepared here)."""
+        if self._trainer is None:
+            return {}
+        return {
+            "selection_metric": self.hfm.selection_metric,
+            "ensemble_mean": self._trainer.mean_validation.to_dict(),
+            "members": {k: v.to_dict() for k, v in self._trainer.member_validation.items()},
+        }
+
+    def history_summary(self) -> dict[str, Any]:
+        """What ``multicore`` is, in plain words, the validation baselines and every epoch (JSON-ready)."""
+        self.finalize()
+        label = self._selection_key()
+        if self.fusion_ is not None:
+            explanation = f"HFM epoch {self.selected_epoch_} beat the ensemble mean on the validation set"
+        elif self.selected_subset_ is not None:
+            explanation = (
+                f"the mean of {[self.member_keys[i] for i in self.selected_subset_]} beat the ensemble mean on the "
+                "validation set and no trained HFM epoch beat it, so multicore is that mean"
+            )
+        else:
+            explanation = (
+                "neither a trained HFM epoch nor a subset of the members beat the ensemble mean on the validation "
+                "set, so multicore is the ensemble mean"
+            )
+        subsets = {} if self._trainer is None else self._trainer.subset_validation
+        return {
+            "multicore_is": label,
+            "explanation": explanation,
+            "member_subsets": {
+                "+".join(self.member_keys[i] for i in subset): {
+                    **result.to_dict(),
+                    "gain_confidence": confidence,
+                }
+                for subset, (result, confidence) in subsets.items()
+            },
+            "multicore_hfm_epoch": self.hfm_best_epoch_,
+            "epochs_trained": self.hfm_epochs_,
+            "selection_metric": self.hfm.selection_metric,
+            "validation_before_training": self.validation_summary(),
+            "epochs": [
+                {
+                    "epoch": r.epoch,
+                    "train_loss": r.train_loss,
+                    "validation": r.validation.to_dict(),
+                    "is_candidate": r.is_candidate,
+                    "is_best_trained": r.is_best_trained,
+                    "gain_confidence": r.gain_confidence,
+                    "multicore_is": r.selected_label,
+                }
+                for r in self.history
+            ],
+        }
+
+    def _selection_key(self) -> str:
+        if self.fusion_ is not None:
+            return f"hfm_epoch_{self.selected_epoch_}"
+        if self.selected_subset_ is not None:
+            return "mean_of:" + "+".join(self.member_keys[i] for i in self.selected_subset_)
+        return "ensemble_mean"
+
     def finalize(self) -> None:
-        """Load the best-validation HFM checkpoint into the inference UNet (cheap; called before predict)."""
+        """Put the chosen module (or the mean) and the best trained epoch into use (cheap; before predict)."""
         if self._trainer is not None and self._fusion_stale:
-            self.fusion_ = self._trainer.best_model()
-            self.hfm_best_epoch_ = self._trainer.best_epoch
+            self.fusion_ = self._trainer.selected_model()
+            self.hfm_ = self._trainer.trained_model()
+            self.selected_epoch_ = self._trainer.selected_epoch
+            self.selected_subset_ = self._trainer.selected_subset
+            self.hfm_best_epoch_ = self._trainer.best_trained_epoch
             self._fusion_stale = False
+            logger.info(
+                "multicore = %s; multicore_hfm = %s",
+                self._selection_key(),
+                "the untrained module"
+                if self.hfm_best_epoch_ is None
+                else f"HFM epoch {self.hfm_best_epoch_}",
+            )
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -550,22 +626,31 @@ class MultiCore:
             :class:`MultiCoreOutput`.
         """
         self.finalize()
-        if self.fusion_ is None or self.stats_mean_ is None:
+        if self.hfm_ is None or self.stats_mean_ is None:
             raise RuntimeError("MultiCore is not fitted: call prepare() or load_state_dict() first")
-        if raw.ndim != 4 or raw.shape[1] != len(self.members) or len(member_scores) != len(self.members):
+        n = len(self.members)
+        if raw.ndim != 4 or raw.shape[1] != n or len(member_scores) != n:
             raise ValueError(
-                f"MultiCore.fuse: expected ({len(self.members)} members) maps (B, {len(self.members)}, H, W) and "
-                f"{len(self.members)} score vectors, got {tuple(raw.shape)} and {len(member_scores)}"
+                f"MultiCore.fuse: expected ({n} members) maps (B, {n}, H, W) and {n} score vectors, got "
+                f"{tuple(raw.shape)} and {len(member_scores)}"
             )
         raw = raw.float()
         normalised = self._normalise(raw.to(self.device))  # (B, M, H, W), on the device like the UNet
-        self.fusion_.eval()
-        fused = self.fusion_(normalised).float()[:, 0].cpu()  # (B, H, W)
-        mean = normalised.mean(dim=1).cpu()  # (B, H, W)
-        raw = raw.cpu()
+        mean = normalised.mean(dim=1)  # (B, H, W)
+        hfm = self._apply(self.hfm_, normalised)
+        if self.fusion_ is None:
+            subset = self.selected_subset_
+            fused = mean.cpu() if subset is None else normalised[:, list(subset)].mean(dim=1).cpu()
+        elif self.selected_epoch_ == self.hfm_best_epoch_:
+            fused = hfm
+        else:
+            fused = self._apply(self.fusion_, normalised)
+        mean, raw = mean.cpu(), raw.cpu()
         return MultiCoreOutput(
             fused=fused,
             fused_scores=fused.amax(dim=(1, 2)),
+            hfm=hfm,
+            hfm_scores=hfm.amax(dim=(1, 2)),
             mean=mean,
             mean_scores=mean.amax(dim=(1, 2)),
             member_heatmaps={key: raw[:, i] for i, key in enumerate(self.member_keys)},
@@ -574,19 +659,23 @@ class MultiCore:
             },
         )
 
+    def _apply(self, unet: UNet, normalised: Tensor) -> Tensor:
+        unet.eval()
+        return unet(normalised.to(self.device)).float().cpu()[:, 0]  # (B, H, W)
+
     def subset(self, n_members: int, name: str | None = None) -> MultiCore:
         """A prepared ensemble of the first ``n_members`` members that reuses this one's work.
 
-        The fitted banks, the normalisation statistics, the synthetic cache (its first ``n_members`` channels)
-        and its train / validation split are shared; the HFM is new and untrained. Because members are
-        seeded by position, ``MultiCore("mc4").prepare(x).subset(2)`` has exactly the banks, statistics and
-        cache that ``MultiCore("mc2").prepare(x)`` would build; only the HFM differs if trained differently.
+        The fitted banks, the normalisation statistics and the synthetic caches (their first ``n_members``
+        channels) are shared; the HFM is new and untrained. Because members are seeded by position,
+        ``MultiCore("mc4").prepare(x).subset(2)`` has exactly the banks, statistics and caches that
+        ``MultiCore("mc2").prepare(x)`` would build; only the HFM differs if trained differently.
 
         Args:
             n_members: Number of leading members kept (1 .. M).
             name: Name of the new preset (default ``<name>_first<n>``).
         """
-        if not self.is_prepared or self._cache is None:
+        if not self.is_prepared or self._data is None:
             raise RuntimeError("MultiCore.subset: call prepare() first")
         if not 1 <= n_members <= len(self.members):
             raise ValueError(
@@ -598,31 +687,31 @@ class MultiCore:
         other = MultiCore(**params, progress=self.progress)
         other.members = self.members[:n_members]
         other._feature_extractor, other._feature_stats = self._feature_extractor, self._feature_stats
-        other.input_mean_, other.input_std_, other.image_size_ = (
-            self.input_mean_,
-            self.input_std_,
-            self.image_size_,
-        )
+        other.input_mean_, other.input_std_ = self.input_mean_, self.input_std_
+        other.image_size_ = self.image_size_
         other.bank_idx_, other.fusion_idx_ = self.bank_idx_, self.fusion_idx_
         assert self.stats_mean_ is not None and self.stats_std_ is not None
         other.stats_mean_ = self.stats_mean_[:n_members].clone()
         other.stats_std_ = self.stats_std_[:n_members].clone()
-        other._cache = (self._cache[0][:, :n_members], self._cache[1])
-        other._labels, other._train_idx, other._val_idx = self._labels, self._train_idx, self._val_idx
-        other._trainer = HFMTrainer(n_members, self.hfm, self.device)
-        other.fusion_ = other._trainer.best_model()
-        other._fusion_stale = False
+        other._data = self._data.subset(n_members)
+        other._start_training()
         return other
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        """Everything :meth:`predict` needs: params, banks, statistics and the inference UNet's weights.
+        """Everything :meth:`predict` needs: params, banks, statistics, the UNets' weights and the choice.
 
-        The synthetic cache and the optimiser are not saved: a loaded model predicts but does not train.
+        The synthetic caches and the optimiser are not saved: a loaded model predicts but does not train.
         """
         self.finalize()
-        if self.fusion_ is None or self.stats_mean_ is None or self.stats_std_ is None:
+        if self.hfm_ is None or self.stats_mean_ is None or self.stats_std_ is None:
             raise RuntimeError("MultiCore.state_dict: nothing to save, the model is not fitted")
+
+        def weights(unet: UNet | None) -> dict[str, Tensor] | None:
+            return (
+                None if unet is None else {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
+            )
+
         return {
             "format": STATE_FORMAT,
             "params": self.get_params(),
@@ -634,7 +723,10 @@ class MultiCore:
             "stats_mean": self.stats_mean_.clone(),
             "stats_std": self.stats_std_.clone(),
             "members": [member.state_dict() for member in self.members],
-            "unet": {k: v.detach().cpu().clone() for k, v in self.fusion_.state_dict().items()},
+            "unet_hfm": weights(self.hfm_),
+            "unet_selected": weights(self.fusion_),
+            "selected_epoch": self.selected_epoch_,
+            "selected_subset": None if self.selected_subset_ is None else list(self.selected_subset_),
             "hfm_best_epoch": -1 if self.hfm_best_epoch_ is None else self.hfm_best_epoch_,
             "hfm_epochs": self.hfm_epochs_,
         }
@@ -642,7 +734,10 @@ class MultiCore:
     def load_state_dict(self, state: Mapping[str, Any]) -> MultiCore:
         """Restore a :meth:`state_dict` into this instance (built with the same params)."""
         if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"MultiCore.load_state_dict: unsupported state format {state.get('format')!r}")
+            raise ValueError(
+                f"MultiCore.load_state_dict: unsupported state format {state.get('format')!r} (this version reads "
+                f"{STATE_FORMAT}; retrain the model)"
+            )
         saved = MultiCore.params_from_dict(state["params"])
         mine = MultiCore.params_from_dict(self.get_params())
         for how in ("device", "knn_backend"):  # where and how the banks are searched, not what they hold
@@ -664,26 +759,23 @@ class MultiCore:
         self.stats_std_ = state["stats_std"].float().clone()
         for member, member_state in zip(self.members, state["members"]):
             member.load_state_dict(member_state)
-        fusion = UNet(
-            len(self.members),
-            self.hfm.unet_width,
-            self.hfm.unet_depth,
-            self.hfm.residual_mean,
-            seed=self.hfm.seed,
-            work_size=self.hfm.work_size,
-        )
-        fusion.load_state_dict(state["unet"])
-        self.fusion_ = fusion.to(self.device).eval()
+
+        def unet(weights: Mapping[str, Tensor] | None) -> UNet | None:
+            if weights is None:
+                return None
+            model = self._new_unet()
+            model.load_state_dict(weights)
+            return model.eval()
+
+        self.hfm_ = unet(state["unet_hfm"])
+        self.fusion_ = unet(state["unet_selected"])
+        self.selected_epoch_ = int(state["selected_epoch"])
+        subset = state.get("selected_subset")
+        self.selected_subset_ = None if subset is None else tuple(int(i) for i in subset)
         best = int(state.get("hfm_best_epoch", -1))
         self.hfm_best_epoch_ = None if best < 0 else best
         self.hfm_epochs_ = int(state.get("hfm_epochs", 0))
-        self._trainer, self._cache, self._labels, self._train_idx, self._val_idx = (
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        self._trainer, self._data = None, None
         self._fusion_stale = False
         return self
 

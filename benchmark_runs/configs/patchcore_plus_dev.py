@@ -1,8 +1,11 @@
-"""Benchmark run: Patchcore+ predictor 1 (euclidean, p=3, s=1), EfficientNet-Lite0, coreset 10,000, on the
-development data (MVTec AD toothbrush, Magnetic-Tile) read in place from ../shared/data. CPU, offline.
+"""Benchmark run: Patchcore+ predictor 1 (euclidean, p=3, s=1), EfficientNet-Lite0, coreset 10,000, default
+patch features (local averaging, equal layer weights) and image score (PatchCore's re-weighted one), on the three
+demo classes and the development data (MVTec AD toothbrush, Magnetic-Tile) read in place from ../shared/data.
+CPU, offline.
 
+    visionad-multicore demo-data demo_data
     OMP_NUM_THREADS=1 visionad-multicore run --config_file benchmark_runs/configs/patchcore_plus_dev.py \
-        --run_description pcplus_dev --results_dir benchmark_runs/results --device cpu
+        --run_description pcplus_dev --results_dir benchmark_runs/results --data_root demo_data --device cpu --threads 1
 
 Coreset 10,000 (not 25,000) so the Magnetic-Tile bank (700 x 32 x 32 = 716,800 patches) is selected in
 minutes on 2 CPU cores; toothbrush has 49,152 patches.
@@ -48,6 +51,6 @@ model_list = [
     }
 ]
 
-dataset_list = ["dev_mvtec_toothbrush", "dev_magnetic_tile"]
+dataset_list = ["demo_brick", "demo_grass", "demo_gravel", "dev_mvtec_toothbrush", "dev_magnetic_tile"]
 
 metrics = ["all"]

@@ -76,3 +76,20 @@ def test_work_size_runs_low_and_returns_requested_size() -> None:
         torch.testing.assert_close(net(low), low.mean(dim=1, keepdim=True))  # identity start at work size
     with pytest.raises(ValueError, match="work_size"):
         UNet(2, 4, depth=3, work_size=4)
+
+
+@pytest.mark.parametrize("work_size", [None, 16, 32, 48])
+def test_untrained_module_is_exactly_the_full_resolution_mean(work_size: int | None) -> None:
+    """Identity at init whatever the work size: the mean is never routed through the low-resolution path."""
+    net = UNet(3, base_channels=4, depth=2, residual_mean=True, work_size=work_size)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    x[:, :, 30, :] += 5.0  # a one-pixel line every member sees must survive
+    with torch.no_grad():
+        assert torch.equal(net(x), x.mean(dim=1, keepdim=True))
+
+
+def test_no_transposed_convolutions() -> None:
+    """Upsampling is interpolation + conv (a stride-2 transposed conv paints a 2 x 2 checkerboard)."""
+    net = UNet(2, base_channels=4, depth=3, residual_mean=False, seed=0)
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 2 * 4 + 3 * 3 + 1

@@ -49,6 +49,9 @@ def test_preview_figure_has_all_panels() -> None:
     assert not any(t.startswith("n = 13:") for t in titles)  # bucket absent from the set is skipped
     assert sum(t.startswith("a = ") and "largest" in t for t in titles) == 2
     assert sum("img" in t for t in titles) == 8
+    # every anomaly kind, in both mixtures, on one mask
+    for kind in ("noise", "cutpaste", "texture", "blur", "colour"):
+        assert f"{kind} (mixed)" in titles and f"{kind} (subtle)" in titles
     assert len(preview_figure(ms).axes) == 3 + 2 + 1  # no synthetic set: schema rows only
 
 

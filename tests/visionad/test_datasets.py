@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,27 @@ def test_unknown_entry_key_lists_valid_keys(tmp_path: Path) -> None:
 def test_missing_registry_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_dataset("mvtec_bottle", registry_path=tmp_path / "nope.yaml")
+
+
+def test_image_level_only_entries_need_no_masks(tmp_path: Path) -> None:
+    cls = write_tiny_mvtec(tmp_path / "part", n_train=2, n_good=1, n_bad=2)
+    shutil.rmtree(cls / "ground_truth")  # image-level labels only: no mask anywhere
+    yaml_file = tmp_path / "reg.yaml"
+    yaml_file.write_text(
+        f"datasets:\n  labels_only:\n    path: {cls}\n    pixel_labels: false\n"
+        f"  with_masks:\n    path: {cls}\n"
+        "  folders_only:\n    layout: folders\n    pixel_labels: false\n"
+        f"    folder_path_regular_train: {cls / 'train' / 'good'}\n"
+        f"    folder_path_regular_test: {cls / 'test' / 'good'}\n"
+        f"    folder_path_novel_test: {cls / 'test' / 'defect'}\n"
+    )
+    d = load_dataset("labels_only", registry_path=yaml_file)
+    assert d["pixel_labels"] is False and d["folder_path_novel_masks"] is None
+    assert d["folder_path_novel_test"] == [str(cls / "test" / "defect")]
+    f = load_dataset("folders_only", registry_path=yaml_file)
+    assert f["pixel_labels"] is False and f["folder_path_novel_masks"] is None
+    with pytest.raises(FileNotFoundError, match=r"mask \(ground_truth/defect\) folder not found"):
+        load_dataset("with_masks", registry_path=yaml_file)  # pixel labels expected by default
+    yaml_file.write_text(f"datasets:\n  x:\n    path: {cls}\n    pixel_labels: 'no'\n")
+    with pytest.raises(DatasetRegistryError, match="pixel_labels must be true or false, got 'no'"):
+        load_dataset("x", registry_path=yaml_file)

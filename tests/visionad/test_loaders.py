@@ -263,3 +263,27 @@ def test_dev_magnetic_tile_grayscale_jpeg() -> None:
     images, masks, names, _ = next(iter(novel))
     assert images.shape == (2, 3, 32, 32) and masks.shape == (2, 1, 32, 32)
     assert all(n.startswith("blowhole_") for n in names) and masks.sum() > 0
+
+
+def test_image_level_only_split_carries_nan_masks(tiny_mvtec: Path, tmp_path: Path) -> None:
+    d = {**_dataset(tiny_mvtec, tmp_path), "pixel_labels": False, "folder_path_novel_masks": None}
+    _, regular, novel = _loaders(d)
+    images, masks, names, _ = next(iter(novel))
+    assert images.shape == (3, 3, 32, 32) and masks.shape == (3, 1, 32, 32)
+    assert torch.isnan(masks).all()  # "unknown", never mistaken for an empty mask
+    assert novel.dataset.novel and not novel.dataset.pixel_labels and novel.dataset.mask_paths is None
+    assert list(names) == ["defect_000.png", "defect_001.png", "defect_002.png"]
+    with pytest.raises(TypeError, match=r"needs dataset key\(s\) \['folder_path_novel_masks'\]"):
+        _loaders({**d, "pixel_labels": True})
+
+
+def test_num_workers_decode_in_parallel_with_identical_batches(tiny_mvtec: Path, tmp_path: Path) -> None:
+    d = _dataset(tiny_mvtec, tmp_path)
+    serial = _loaders(d, seed=2)
+    parallel = _loaders(d, seed=2, num_workers=2)
+    assert [loader.num_workers for loader in parallel] == [2, 2, 2]
+    for a, b in zip(serial, parallel):
+        for batch_a, batch_b in zip(a, b):
+            assert torch.equal(batch_a[0], batch_b[0]) and list(batch_a[-2]) == list(batch_b[-2])
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0"):
+        _loaders(d, num_workers=-1)

@@ -19,6 +19,7 @@ from visionad_multicore.visionad.metrics import (
     aupro_with_info,
     comparable_thresholds,
     image_auroc,
+    metric_failures,
     pixel_auroc,
     pro_curve,
     proportion_localised,
@@ -378,15 +379,26 @@ def test_run_metrics_all_and_skipping(caplog):
         out = run_metrics(["all"], heatmap_set, image_score_set, targets_set, paths_set, progress=False)
     assert list(out) == list(METRICS)
     for name in ("Pixelwise_AUC", "Pixelwise_AUC_anom_only", "Pixelwise_AUPRO"):
-        assert set(out[name]["metric_results"]) == {"good"}  # "bad" (NaN) skipped, not a crash
-    assert out["Pixelwise_AUC"]["metric_results"]["good"] == pytest.approx(
-        pixel_auroc(novel, masks, regular), abs=1e-15
+        # "bad" (one NaN pixel in one map): not scored, a failure in the results, not a crash or a silent drop
+        assert out[name]["metric_results"]["bad"] == "failed: non-finite values in 1 maps"
+    assert metric_failures(out) == [
+        f"{name}/bad: failed: non-finite values in 1 maps"
+        for name in ("Pixelwise_AUC", "Pixelwise_AUC_anom_only", "Pixelwise_AUPRO", "PL")
+    ]
+    # independent references: scikit-learn over every pixel (regular maps all label 0) and the slow loop
+    labels = np.r_[masks.ravel(), np.zeros(regular.size, dtype=bool)]
+    expected_pauc = roc_auc_score(labels, np.r_[novel.ravel(), regular.ravel()])
+    assert out["Pixelwise_AUC"]["metric_results"]["good"] == pytest.approx(expected_pauc, abs=1e-12)
+    expected_anom = roc_auc_score(masks.ravel(), novel.ravel())
+    assert out["Pixelwise_AUC_anom_only"]["metric_results"]["good"] == pytest.approx(expected_anom, abs=1e-12)
+    assert out["Pixelwise_AUPRO"]["metric_results"]["good"] == pytest.approx(
+        slow_aupro(novel, masks), abs=1e-9
     )
-    assert out["Pixelwise_AUPRO"]["metric_results"]["good"] == aupro(novel, masks)
     assert out["Imagewise_AUC"]["metric_results"] == {"good": 1.0}
-    assert out["PL"]["metric_results"] == {}  # 32x32 images: PL needs 256x256, skipped for every method
+    # 32x32 images: PL needs 256x256, skipped (VisionAD's way) for every method that could be tried
+    assert out["PL"]["metric_results"] == {"bad": "failed: non-finite values in 1 maps"}
     messages = [r.message for r in caplog.records]
-    assert any("Pixelwise_AUPRO" in m and "'bad'" in m for m in messages)
+    assert any("'bad'" in m and "non-finite values (NaN or inf) in 1 heatmaps" in m for m in messages)
     assert any("PL" in m and "'good'" in m and "256" in m for m in messages)
 
 
@@ -429,11 +441,13 @@ def test_visionad_wrappers_truncate_fractional_targets_like_visionad() -> None:
     heatmaps = {"heatmap_set_novel": {"m": maps}, "heatmap_set_regular": {"m": maps}}
     exact, _ = pixelwise_auc_anom_only(heatmaps, {}, {"targets_novel": targets}, None)
     truncated, _ = pixelwise_auc_anom_only(heatmaps, {}, {"targets_novel": fractional}, None)
-    assert exact["m"] == truncated["m"]
+    expected = roc_auc_score(targets.ravel().astype(int), maps.ravel())  # the 0.5 row counts as normal
+    assert exact["m"] == pytest.approx(max(expected, 1 - expected), abs=1e-12)
+    assert truncated["m"] == exact["m"]
 
 
 def test_pl_leaves_out_images_with_empty_masks(caplog: pytest.LogCaptureFixture) -> None:
-    from visionad_multicore.visionad.metrics import pl_metric, proportion_localised
+    from visionad_multicore.visionad.metrics import pl_metric
 
     rng = np.random.default_rng(4)
     maps = rng.random((3, 1, 256, 256)).astype(np.float32)
@@ -445,6 +459,11 @@ def test_pl_leaves_out_images_with_empty_masks(caplog: pytest.LogCaptureFixture)
     with caplog.at_level("WARNING"):
         results, info = pl_metric({"heatmap_set_novel": {"m": maps}}, {}, {"targets_novel": targets}, None)
     assert "1 of 3 anomalous test images have an empty mask" in caplog.text
-    assert results["m"] == proportion_localised(maps[[0, 2]], targets[[0, 2]])
-    assert results["m"] == 1.0
+    import proportion_localised as pl_package
+
+    # the package VisionAD calls, on the two images with a defect, with VisionAD's arguments
+    expected, _ = pl_package.calculate(
+        maps[[0, 2], 0], targets[[0, 2], 0], 0.3, min_target_scale=1 / 8, n_thresholds=25, overlap_limit=1 / 3
+    )
+    assert results["m"] == expected == 1.0  # both defects stand out from the noise: localised
     assert info["m"]["n_images_scored"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,9 +94,24 @@ def test_test_output_layout_and_target_resize():
     assert paths == {"paths_regular": [f"good{i}.png" for i in range(5)],
                      "paths_novel": [f"bad{i}.png" for i in range(4)]}  # fmt: skip
     raw = torch.cat([masks for _, masks, _, _ in novel])  # (4, 1, 8, 8)
-    expected = torch.nn.functional.interpolate(raw, size=256, mode="bilinear", align_corners=True)
     assert targets["targets_novel"].shape == (4, 1, 256, 256)
-    torch.testing.assert_close(targets["targets_novel"], expected)
+    expected = np.stack([bilinear_align_corners(m[0].numpy(), 256) for m in raw])[:, None]
+    np.testing.assert_allclose(targets["targets_novel"].numpy(), expected, atol=1e-6)
+
+
+def bilinear_align_corners(image: np.ndarray, size: int) -> np.ndarray:
+    """Separable linear interpolation with corner pixels aligned (output i samples input i * (n-1)/(size-1)),
+    written with np.interp as an independent reference for torch's ``align_corners=True``."""
+    rows = np.linspace(0, image.shape[0] - 1, size)
+    cols = np.linspace(0, image.shape[1] - 1, size)
+    across = np.stack([np.interp(cols, np.arange(image.shape[1]), row) for row in image])  # (h, size)
+    return np.stack([np.interp(rows, np.arange(image.shape[0]), col) for col in across.T]).T  # (size, size)
+
+
+def test_bilinear_reference_by_hand():
+    # 2 x 2 -> 3 x 3 with aligned corners: the middle row / column are the means of their neighbours
+    out = bilinear_align_corners(np.array([[0.0, 1.0], [2.0, 3.0]]), 3)
+    np.testing.assert_allclose(out, [[0, 0.5, 1], [1, 1.5, 2], [2, 2.5, 3]])
 
 
 def test_targets_already_256_are_not_resampled():

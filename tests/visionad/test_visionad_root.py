@@ -15,7 +15,9 @@ from visionad_multicore import cli
 from visionad_multicore.algorithms import get_algorithm
 from visionad_multicore.visionad.runner import (
     ConfigError,
+    PreflightError,
     VisionADCheckoutError,
+    check_config,
     run_config,
     visionad_checkout,
 )
@@ -72,6 +74,8 @@ def test_ours_and_visionad_baselines_run_through_its_train_algo(checkout, tmp_pa
         assert pair.evaluated_epochs == [0]
         assert 0.0 <= pair.metrics["Imagewise_AUC"][next(iter(pair.metrics["Imagewise_AUC"]))] <= 1.0
         assert json.loads((pair.path / "0" / "data.json").read_text())["dataset"] == "mvtec_tiny"
+        # VisionAD's loop writes no markers: ours are added once its train_algo has returned
+        assert (pair.path / "0" / "complete.json").is_file() and (pair.path / "complete.json").is_file()
     saved = json.loads((summary.run_dir / "run_config.json").read_text())
     assert saved["mode"] == "visionad" and saved["visionad_root"] == str(checkout)
 
@@ -88,12 +92,18 @@ def test_results_dir_overrides_results_directory_and_cli(checkout, tmp_path, cap
     assert "1/1 (model, dataset) runs succeeded" in capsys.readouterr().out
 
 
-def test_config_relative_to_the_checkout_and_failing_pair(checkout, tmp_path):
+def test_config_relative_to_the_checkout_and_unknown_key_checked_first(checkout, tmp_path):
     write_visionad_config(checkout / "configs" / "mine.py", dataset_list=["mvtec_nope", "mvtec_tiny"],
                           metrics=["Imagewise_AUC"])  # fmt: skip
+    with pytest.raises(PreflightError, match=r"ERROR \[mvtec_nope\] KeyError: 'mvtec_nope'") as err:
+        run_config(Path("configs/mine.py"), resolve_algorithm=get_algorithm, visionad_root=checkout)
+    assert err.value.report.datasets == ["mvtec_nope", "mvtec_tiny"]
+    assert read_calls(checkout) == [] and not (checkout / "results").exists()  # nothing ran
+    write_visionad_config(
+        checkout / "configs" / "mine.py", dataset_list=["mvtec_tiny"], metrics=["Imagewise_AUC"]
+    )
     summary = run_config(Path("configs/mine.py"), resolve_algorithm=get_algorithm, visionad_root=checkout)
-    assert [r.ok for r in summary.results] == [False, True]
-    assert "KeyError: 'mvtec_nope'" in summary.results[0].error
+    assert [r.ok for r in summary.results] == [True]
 
 
 def test_unknown_everywhere(checkout, tmp_path):
@@ -134,3 +144,17 @@ def test_two_checkouts_one_after_the_other(checkout, tmp_path):
     with visionad_checkout(other) as second:
         assert Path(second.results_directory) == other / "results"
         assert sys.modules["wrapper.wrapper"].__file__ == str(other / "wrapper" / "wrapper.py")
+
+
+def test_check_through_the_checkout_reads_its_registry_strictly(checkout, tmp_path):
+    config = write_visionad_config(
+        tmp_path / "cfg.py", dataset_list=["mvtec_tiny"], metrics=["Imagewise_AUC"]
+    )
+    report = check_config(config, visionad_root=checkout, resolve_algorithm=get_algorithm, progress=False)
+    assert report.ok and report.datasets == ["mvtec_tiny"] and report.n_images == 20
+    grouped = tmp_path / "mvtec_copy" / "tiny" / "anomaly_test_grouped"  # the checkout's own flattened copy
+    (grouped / "notes.txt").write_text("VisionAD's loader would try to open this")
+    report = check_config(config, visionad_root=checkout, resolve_algorithm=get_algorithm, progress=False)
+    (error,) = report.errors
+    assert "novel_test: 1 file(s) that are not images" in error.message and "notes.txt" in error.message
+    assert read_calls(checkout) == []  # checking runs nothing

@@ -12,11 +12,26 @@ from __future__ import annotations
 
 import importlib
 
+_ANOMALIB = "visionad_multicore.algorithms.anomalib_baselines:"
+
 # name (lower case) -> "module:Class"
 ALGORITHMS: dict[str, str] = {
     "random": "visionad_multicore.algorithms.random:WrapperRandom",
     "patchcore_plus": "visionad_multicore.algorithms.patchcore_plus:WrapperPatchCorePlus",
     "multicore": "visionad_multicore.algorithms.multicore:WrapperMultiCore",
+    # anomalib's baselines (optional extra [baselines]): algorithms/anomalib_baselines.py
+    "anomalib_patchcore": _ANOMALIB + "WrapperAnomalibPatchcore",
+    "anomalib_padim": _ANOMALIB + "WrapperAnomalibPadim",
+    "anomalib_dfm": _ANOMALIB + "WrapperAnomalibDfm",
+    "anomalib_dfkde": _ANOMALIB + "WrapperAnomalibDfkde",
+    "anomalib_stfpm": _ANOMALIB + "WrapperAnomalibStfpm",
+    "anomalib_fastflow": _ANOMALIB + "WrapperAnomalibFastflow",
+    "anomalib_cflow": _ANOMALIB + "WrapperAnomalibCflow",
+    "anomalib_reverse_distillation": _ANOMALIB + "WrapperAnomalibReverseDistillation",
+    "anomalib_draem": _ANOMALIB + "WrapperAnomalibDraem",
+    "anomalib_ganomaly": _ANOMALIB + "WrapperAnomalibGanomaly",
+    "anomalib_fre": _ANOMALIB + "WrapperAnomalibFre",
+    "anomalib_supersimplenet": _ANOMALIB + "WrapperAnomalibSupersimplenet",
 }
 
 # VisionAD's baselines as its algos/algo_class_list.get_algo names them (lower case) -> its class name.

@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--best-metric", default="PL", help="metric maximised by --epoch best (default: PL)")
     parser.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="also read (model, dataset) folders of our runs that have no completion marker (interrupted or "
+        "failed pairs); by default they are ignored, with a warning",
+    )
+    parser.add_argument(
         "--methods",
         nargs="+",
         metavar="PATTERN",
@@ -154,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     from visionad_multicore.reporting.results import atomic_write_text, scan_results
 
     try:
-        report = scan_results(args.results_dirs)
+        report = scan_results(args.results_dirs, include_unfinished=args.include_unfinished)
         published = []
         if args.published or args.published_dir:
             published = lb.load_published(args.published_dir or lb.DEFAULT_PUBLISHED_DIR)

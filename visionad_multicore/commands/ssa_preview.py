@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from visionad_multicore.atomic import atomic_path, atomic_write_text
+from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     from visionad_multicore.visionad.loaders import ImageDataset
@@ -40,7 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", default=None, help="extra dataset registry YAML")
     parser.add_argument("--seed", type=int, default=0, help="seed of the masks, pairing and noise")
     parser.add_argument("--size", type=int, default=256, help="model input size d (masks and images)")
-    parser.add_argument("--noise_std", type=float, default=0.5, help="noise std in [0, 1] pixel units")
+    parser.add_argument(
+        "--mix",
+        default="mixed",
+        help="content of the example anomalies: paper (noise of --noise_std, the paper's), mixed (default), subtle",
+    )
+    parser.add_argument(
+        "--noise_std", type=float, default=0.5, help="noise std in [0, 1] pixel units (--mix paper)"
+    )
     parser.add_argument("--per_channel", action="store_true", help="independent noise per colour channel")
     parser.add_argument(
         "--bank_share", type=float, default=0.8, help="share of training images kept for banks"
@@ -108,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         mean, std = list(train.mean), list(train.std)
         source = f"{args.dataset}, {len(images)} fusion-share training images"
     else:
-        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
         m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
         images = (brick_images(args.size, count=min(args.max_images, 6)) - m) / s
         source = "scikit-image brick texture crops"
@@ -121,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         noise_std=args.noise_std,
         per_channel=args.per_channel,
         seed=args.seed,
+        mix=None if args.mix == "paper" else args.mix,
     )
     fig = preview_figure(mask_set, synthetic, source=source)
     out = Path(args.out)

@@ -115,13 +115,19 @@ def cldice_loss(pred: Tensor, target: Tensor, iterations: int = 10, eps: float =
 
 
 class FusionLoss(nn.Module):
-    """``ssim_loss(sigmoid(logits), mask) + cldice_weight * cldice_loss(sigmoid(logits), mask)``.
+    """``ssim_weight * SSIM + cldice_weight * clDice + bce_weight * BCE`` of ``sigmoid(logits)`` vs the mask.
+
+    The paper's loss is SSIM + lambda * clDice (``ssim_weight = 1``, ``bce_weight = 0``). The optional pixel
+    binary cross-entropy (on the logits) is a proper scoring rule, as DRAEM / DeSTSeg add to their
+    segmentation losses; it is a named option, off by default.
 
     Args:
         cldice_weight: The lambda weighting soft clDice (0 disables it).
         cldice_iterations: Soft-skeleton iterations.
         cldice_eps: Smoothing of clDice's ratios.
         ssim_win_size: SSIM window size.
+        ssim_weight: Weight of the SSIM loss (0 disables it).
+        bce_weight: Weight of the binary cross-entropy term (0 disables it).
     """
 
     def __init__(
@@ -130,29 +136,44 @@ class FusionLoss(nn.Module):
         cldice_iterations: int = 10,
         cldice_eps: float = 1.0,
         ssim_win_size: int = 11,
+        ssim_weight: float = 1.0,
+        bce_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        if cldice_weight < 0:
-            raise ValueError(f"FusionLoss: cldice_weight must be >= 0, got {cldice_weight}")
+        for name, value in (
+            ("cldice_weight", cldice_weight),
+            ("ssim_weight", ssim_weight),
+            ("bce_weight", bce_weight),
+        ):
+            if value < 0:
+                raise ValueError(f"FusionLoss: {name} must be >= 0, got {value}")
+        if cldice_weight + ssim_weight + bce_weight <= 0:
+            raise ValueError("FusionLoss: at least one loss weight must be > 0")
         self.cldice_weight = cldice_weight
         self.cldice_iterations = cldice_iterations
         self.cldice_eps = cldice_eps
         self.ssim_win_size = ssim_win_size
+        self.ssim_weight = ssim_weight
+        self.bce_weight = bce_weight
 
     def forward(self, logits: Tensor, mask: Tensor) -> Tensor:
         """Loss of a batch.
 
         Args:
             logits: UNet output, ``(B, 1, H, W)``.
-            mask: Binary target, ``(B, 1, H, W)``.
+            mask: Target in [0, 1] (binary, or soft after downsampling), ``(B, 1, H, W)``.
 
         Returns:
             Scalar loss.
         """
         prob = torch.sigmoid(logits)
-        loss = ssim_loss(prob, mask, win_size=self.ssim_win_size)
+        loss = logits.new_zeros(())
+        if self.ssim_weight > 0:
+            loss = loss + self.ssim_weight * ssim_loss(prob, mask, win_size=self.ssim_win_size)
         if self.cldice_weight > 0:
             loss = loss + self.cldice_weight * cldice_loss(
                 prob, mask, self.cldice_iterations, self.cldice_eps
             )
+        if self.bce_weight > 0:
+            loss = loss + self.bce_weight * F.binary_cross_entropy_with_logits(logits, mask.to(logits.dtype))
         return loss

@@ -9,12 +9,17 @@ Design choices (SPEC section 3, "Heatmap Fusion Module"):
   the output is cropped back.
 - ``work_size`` lets the network run at a lower resolution than its inputs (a CPU compromise; the paper's
   setting is ``None``, the native resolution): inputs are area-downsampled to ``work_size x work_size`` and the
-  output is bilinearly upsampled to the requested size. Member heatmaps are gaussian-smoothed (sigma 4 px at
-  256 px), so little is lost at 128 px and not much at 64 px.
-- With ``residual_mean=True`` the output is ``a * (mean over channels of the input) + b + UNet(x)`` with a
-  learnable scale ``a`` (starts at 1) and offset ``b`` (starts at 0), and the UNet's last convolution starts
-  at zero, so an untrained module reproduces the plain ensemble mean exactly and training learns a
-  correction to it (``a`` and ``b`` let the loss's sigmoid sharpen and shift the map without the UNet).
+  network's output is bilinearly upsampled to the input size. Member heatmaps are gaussian-smoothed (sigma
+  4 px at 256 px), so little is lost at 128 px and not much at 64 px.
+- With ``residual_mean=True`` the output is ``a * mean(x) + b + up(UNet(down(x)))``: the channel mean of the
+  input *at the input's own resolution*, a learnable scale ``a`` (starts at 1) and offset ``b`` (starts at 0),
+  and the UNet's correction, computed at ``work_size`` and upsampled. The UNet's last convolution starts at
+  zero, so an untrained module is exactly the plain ensemble mean at any ``work_size`` (nothing of the mean is
+  lost to the low-resolution path: a thin defect every member sees stays as sharp as in the mean), and
+  training learns a correction to it (``a`` and ``b`` let the loss's sigmoid sharpen and shift the map).
+- Upsampling inside the UNet is bilinear interpolation followed by a 3 x 3 convolution, not a transposed
+  convolution: a stride-2 transposed convolution writes a 2 x 2 periodic pattern (checkerboard) that a
+  trained module shows as a grid texture in its maps.
 """
 
 from __future__ import annotations
@@ -49,15 +54,16 @@ class _DoubleConv(nn.Sequential):
 
 
 class _Up(nn.Module):
-    """Transposed-conv upsampling by 2, concatenation with the skip tensor, then a double conv."""
+    """Bilinear upsampling to the skip tensor's size, a 3x3 conv, concatenation with the skip, a double conv."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        self.reduce = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.conv = _DoubleConv(2 * out_channels, out_channels)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+        up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([skip, self.reduce(up)], dim=1))
 
 
 class UNet(nn.Module):
@@ -112,7 +118,7 @@ class UNet(nn.Module):
 
     def _init_weights(self, generator: torch.Generator) -> None:
         for module in self.modules():
-            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -136,7 +142,21 @@ class UNet(nn.Module):
         """
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        target = tuple(x.shape[-2:]) if out_size is None else tuple(out_size)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        target = size if out_size is None else (int(out_size[0]), int(out_size[1]))
+        out = self.correction(x)  # (B, 1, h, w) at the work size
+        if tuple(out.shape[-2:]) != size:
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)  # (B, 1, H, W)
+        if self.residual_mean:
+            out = out + self.residual_scale * x.mean(dim=1, keepdim=True) + self.residual_offset
+        if target != size:
+            out = F.interpolate(
+                out, size=target, mode="bilinear", align_corners=False
+            )  # (B, 1, H_out, W_out)
+        return out
+
+    def correction(self, x: Tensor) -> Tensor:
+        """The UNet's own output at the work size (the correction added to the mean): ``(B, 1, h, w)``."""
         if self.work_size is not None and tuple(x.shape[-2:]) != (self.work_size, self.work_size):
             x = F.interpolate(x, size=(self.work_size, self.work_size), mode="area")  # (B, C, w, w)
         height, width = x.shape[-2:]
@@ -153,11 +173,4 @@ class UNet(nn.Module):
         out = skips.pop()
         for up in self.ups:
             out = up(out, skips.pop())
-        out = self.head(out)[..., :height, :width]  # (B, 1, h, w)
-        if self.residual_mean:
-            out = out + self.residual_scale * x.mean(dim=1, keepdim=True) + self.residual_offset
-        if tuple(out.shape[-2:]) != target:
-            out = F.interpolate(
-                out, size=target, mode="bilinear", align_corners=False
-            )  # (B, 1, H_out, W_out)
-        return out
+        return self.head(out)[..., :height, :width]  # (B, 1, h, w)

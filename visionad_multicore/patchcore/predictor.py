@@ -34,7 +34,7 @@ from visionad_multicore.patchcore.distances import (
     check_lp_search,
     distances_to_point,
 )
-from visionad_multicore.patchcore.patches import patch_features
+from visionad_multicore.patchcore.patches import grid_size, patch_features, resolve_aggregation
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,10 @@ class PatchCorePlus:
         k: neighbours averaged into a patch score.
         backbone: backbone name (see :func:`~visionad_multicore.patchcore.backbone.build_backbone`).
         backbone_weights: optional local weights file for the backbone.
-        feature_dim: dimension of the pooled patch features.
+        feature_dim: dimension of the pooled patch features (``local_mean``: at most this many).
+        feature_aggregation: how p x p neighbourhoods become vectors: ``auto`` (``paper`` for ``wideresnet50``,
+            ``local_mean_equal`` for other backbones), ``paper``, ``local_mean`` or ``local_mean_equal``; see
+            :mod:`visionad_multicore.patchcore.patches`.
         projection_dim: random-projection dimension of the coreset selection.
         knn_backend: ``auto`` (faiss if installed), ``faiss`` or ``torch``.
         sigma: gaussian smoothing of the upsampled heatmaps, in pixels.
@@ -171,6 +174,7 @@ class PatchCorePlus:
         progress: bool = True,
         lp_search: str = "auto",
         lp_shortlist: int = DEFAULT_LP_SHORTLIST,
+        feature_aggregation: str = "auto",
         bank_dtype: str = "float32",
         bank_storage: str = "auto",
         bank_dir: str | None = None,
@@ -202,6 +206,8 @@ class PatchCorePlus:
         self.backbone = backbone
         self.backbone_weights = backbone_weights
         self.feature_dim = feature_dim
+        self.feature_aggregation = feature_aggregation
+        self.aggregation = resolve_aggregation(feature_aggregation, backbone)  # what runs
         self.projection_dim = projection_dim
         self.knn_backend = check_backend(knn_backend)
         self.sigma = float(sigma)
@@ -237,6 +243,7 @@ class PatchCorePlus:
             "backbone": self.backbone,
             "backbone_weights": self.backbone_weights,
             "feature_dim": self.feature_dim,
+            "feature_aggregation": self.feature_aggregation,
             "projection_dim": self.projection_dim,
             "knn_backend": self.knn_backend,
             "sigma": self.sigma,
@@ -274,10 +281,18 @@ class PatchCorePlus:
 
     # ------------------------------------------------------------------ fitting
     def embed(self, layer_maps: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch features of one batch of backbone maps: ((B * h * w, feature_dim), (h, w))."""
+        """Patch features of one batch of backbone maps: ((B * h * w, D), (h, w))."""
         return patch_features(
-            [m.to(self.device) for m in layer_maps], self.patch_size, self.stride, self.feature_dim
+            [m.to(self.device) for m in layer_maps],
+            self.patch_size,
+            self.stride,
+            self.feature_dim,
+            self.aggregation,
         )
+
+    def patch_grid_size(self, image_size: int) -> int:
+        """Patches along one side of a square ``image_size`` input (the first map has stride 8)."""
+        return grid_size(-(-image_size // 8), self.patch_size, self.stride)
 
     def fit(self, images: Iterable[torch.Tensor], n_images: int | None = None) -> PatchCorePlus:
         """Build the memory bank from nominal images.
@@ -477,7 +492,11 @@ class PatchCorePlus:
         """Restore a fitted state from :meth:`state_dict`; the parameters must match this instance's."""
         if state.get("format") != "visionad_multicore.PatchCorePlus/1":
             raise ValueError(f"not a PatchCorePlus state (format {state.get('format')!r})")
-        mine, theirs = self.get_params(), state["params"]
+        mine, theirs = self.get_params(), dict(state["params"])
+        # states saved before feature_aggregation existed used the paper's pipeline
+        theirs.setdefault("feature_aggregation", "paper")
+        if resolve_aggregation(theirs["feature_aggregation"], theirs.get("backbone", "")) == self.aggregation:
+            theirs["feature_aggregation"] = self.feature_aggregation
         # how the bank is searched or was held while building, not what it holds (states saved before
         # these settings existed load too: a missing bank_dtype was float32)
         ignore = {

@@ -110,7 +110,9 @@ def load_predictions(path: str | os.PathLike[str]) -> SavedPredictions:
                 scores[part][m] = np.asarray(v, dtype=np.float64).reshape(-1)
     targets = None
     if isinstance(targets_set, dict) and targets_set.get("targets_novel") is not None:
-        targets = (_maps(targets_set["targets_novel"]) > 0.5).astype(np.float32)
+        raw = _maps(targets_set["targets_novel"])
+        if not np.isnan(raw).all():  # all NaN: an image-level-only dataset has no masks
+            targets = (raw > 0.5).astype(np.float32)
     description: dict[str, Any] = {}
     desc_path = path.parent / "description.json"
     if desc_path.is_file():

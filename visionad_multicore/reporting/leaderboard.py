@@ -15,30 +15,51 @@ a warning names the others.
 Ranks: for each dataset and metric the rows are ranked (1 = best, ties share the average rank); a row's rank
 for a metric is the mean of its ranks over the datasets it has; its mean rank is the mean over metrics.
 Published reference rows are never ranked.
+
+This module builds the tables; :mod:`.formats` renders them as markdown, CSV or JSON (its functions are
+re-exported here).
 """
 
 from __future__ import annotations
 
-import csv
 import fnmatch
-import io
-import json
 import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import yaml
 from scipy.stats import rankdata
 
-from .results import DEFAULT_METRICS, METRIC_TITLES, EpochResult, ScanReport, _warn, scan_results
+from .formats import PUBLISHED_MARK, metric_title, render, to_csv, to_json, to_markdown
+from .results import DEFAULT_METRICS, EpochResult, ScanReport, _warn, scan_results
+
+# The formatters live in .formats; they are re-exported here, where callers have always found them.
+__all__ = [
+    "DEFAULT_PUBLISHED_DIR",
+    "PUBLISHED_MARK",
+    "Leaderboard",
+    "MeanRow",
+    "RankRow",
+    "Row",
+    "build_leaderboard",
+    "load_published",
+    "matches",
+    "mean_over_datasets",
+    "metric_title",
+    "rank_rows",
+    "render",
+    "select_rows",
+    "to_csv",
+    "to_json",
+    "to_markdown",
+]
 
 EpochMode = Literal["final", "best"]
-PUBLISHED_MARK = "published, not reproduced"
 DEFAULT_PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "benchmark_runs" / "published"
 
 
@@ -394,295 +415,3 @@ def build_leaderboard(
         published=list(published),
         warnings=warnings,
     )
-
-
-# ---------------------------------------------------------------- formatting
-
-
-def _title(metric: str) -> str:
-    return METRIC_TITLES.get(metric, metric)
-
-
-def _fmt_metric(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return "nan" if math.isnan(value) else f"{value:.4f}"
-
-
-def _fmt_time(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return f"{value:.4g}"
-
-
-def _md_table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
-
-
-def _bold_best(
-    body: list[list[str]], rows: Sequence[Row | MeanRow], metrics: Sequence[str], offset: int
-) -> None:
-    """Bold the best value of each metric column among non-published rows (in place)."""
-    for j, metric in enumerate(metrics):
-        values = [
-            r.metrics.get(metric, math.nan) if not getattr(r, "published", False) else math.nan for r in rows
-        ]
-        finite = [v for v in values if not math.isnan(v)]
-        if not finite:
-            continue
-        best = max(finite)
-        for i, v in enumerate(values):
-            if v == best:
-                body[i][offset + j] = f"**{body[i][offset + j]}**"
-
-
-def to_markdown(board: Leaderboard) -> str:
-    """The leaderboard as markdown: one table per dataset, the mean, the ranks and published rows."""
-    titles = [_title(m) for m in board.metrics]
-    out = [
-        "# Leaderboard",
-        "",
-        f"Epoch selection: {board.selection}. Metrics as VisionAD computes them; times in seconds per image "
-        "(train: total training time / training images; inference: test time / test images). "
-        "Best value per column in bold.",
-        "",
-    ]
-    for dataset in board.datasets:
-        ours = [r for r in board.rows if r.dataset == dataset]
-        refs = [r for r in board.published if r.dataset == dataset]
-        header = ["algorithm", "method", *titles, "train s/img", "infer s/img", "epoch"]
-        body = [
-            [
-                r.algorithm,
-                r.method,
-                *(_fmt_metric(r.metrics.get(m)) for m in board.metrics),
-                _fmt_time(r.train_time_per_image),
-                _fmt_time(r.inference_time_per_image),
-                str(r.epoch),
-            ]
-            for r in ours
-        ]
-        _bold_best(body, ours, board.metrics, offset=2)
-        body += [
-            [
-                f"{r.algorithm} †",
-                r.method,
-                *(_fmt_metric(r.metrics.get(m)) for m in board.metrics),
-                _fmt_time(r.train_time_per_image),
-                _fmt_time(r.inference_time_per_image),
-                PUBLISHED_MARK,
-            ]
-            for r in refs
-        ]
-        out += [f"## {dataset}", "", _md_table(header, body), ""]
-        if refs:
-            out += [
-                f"† {PUBLISHED_MARK}: numbers copied from the cited paper, not produced by this package.",
-                "",
-            ]
-
-    n_datasets = len(board.datasets)
-    header = ["algorithm", "method", "datasets", *titles, "train s/img", "infer s/img"]
-    body = [
-        [
-            r.algorithm,
-            r.method,
-            f"{r.n_datasets}/{n_datasets}",
-            *(_fmt_metric(r.metrics.get(m)) for m in board.metrics),
-            _fmt_time(r.train_time_per_image),
-            _fmt_time(r.inference_time_per_image),
-        ]
-        for r in board.means
-    ]
-    _bold_best(body, board.means, board.metrics, offset=3)
-    out += [
-        f"## Mean over datasets ({n_datasets})",
-        "",
-        "Rows run on fewer datasets than the others are averaged over the ones they have (see 'datasets').",
-        "",
-        _md_table(header, body),
-        "",
-    ]
-    header = ["rank", "algorithm", "method", "datasets", *titles, "mean rank"]
-    body = [
-        [
-            str(i + 1),
-            r.algorithm,
-            r.method,
-            str(r.n_datasets),
-            *(f"{r.ranks[m]:.2f}" if m in r.ranks else "-" for m in board.metrics),
-            f"{r.mean_rank:.2f}",
-        ]
-        for i, r in enumerate(board.ranks)
-    ]
-    out += [
-        "## Ranks",
-        "",
-        "Per metric: mean over datasets of the per-dataset rank (1 = best, ties averaged). Mean rank: mean over "
-        "metrics.",
-        "",
-        _md_table(header, body),
-        "",
-    ]
-    if board.published:
-        header = ["algorithm", "method", "dataset", *titles, "train s/img", "infer s/img", "note", "source"]
-        body = [
-            [
-                r.algorithm,
-                r.method,
-                r.dataset,
-                *(_fmt_metric(r.metrics.get(m)) for m in board.metrics),
-                _fmt_time(r.train_time_per_image),
-                _fmt_time(r.inference_time_per_image),
-                r.note or "-",
-                r.source,
-            ]
-            for r in board.published
-        ]
-        out += [
-            f"## Published reference results ({PUBLISHED_MARK})",
-            "",
-            "Copied from the papers cited in the 'source' column (benchmark_runs/published/). Not produced by "
-            "this package, not on the datasets above unless the dataset name says so, and on other hardware: "
-            "compare with care.",
-            "",
-            _md_table(header, body),
-            "",
-        ]
-    if board.warnings:
-        out += ["## Skipped or ambiguous entries", ""] + [f"- {w}" for w in board.warnings] + [""]
-    return "\n".join(out)
-
-
-CSV_COLUMNS_FIXED = ["kind", "dataset", "algorithm", "method", "epoch"]
-
-
-def to_csv(board: Leaderboard) -> str:
-    """The leaderboard as one flat CSV.
-
-    Columns: ``kind`` (``dataset`` | ``mean`` | ``rank`` | ``published``), ``dataset`` (``mean`` / ``rank`` rows:
-    empty), ``algorithm``, ``method``, ``epoch``, one column per metric (for ``rank`` rows: the mean rank),
-    ``train_time_per_image``, ``inference_time_per_image``, ``n_datasets``, ``mean_rank``, ``source``.
-    """
-    header = [
-        *CSV_COLUMNS_FIXED,
-        *board.metrics,
-        "train_time_per_image",
-        "inference_time_per_image",
-        "n_datasets",
-        "mean_rank",
-        "source",
-    ]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-
-    def num(v: float | None) -> str:
-        return "" if v is None else repr(float(v))
-
-    for r in board.rows:
-        writer.writerow(
-            [
-                "dataset",
-                r.dataset,
-                r.algorithm,
-                r.method,
-                r.epoch,
-                *(num(r.metrics.get(m)) for m in board.metrics),
-                num(r.train_time_per_image),
-                num(r.inference_time_per_image),
-                1,
-                "",
-                r.source,
-            ]
-        )
-    for m in board.means:
-        writer.writerow(
-            [
-                "mean",
-                "",
-                m.algorithm,
-                m.method,
-                "",
-                *(num(m.metrics.get(k)) for k in board.metrics),
-                num(m.train_time_per_image),
-                num(m.inference_time_per_image),
-                m.n_datasets,
-                "",
-                "",
-            ]
-        )
-    for k in board.ranks:
-        writer.writerow(
-            [
-                "rank",
-                "",
-                k.algorithm,
-                k.method,
-                "",
-                *(num(k.ranks.get(m)) for m in board.metrics),
-                "",
-                "",
-                k.n_datasets,
-                num(k.mean_rank),
-                "",
-            ]
-        )
-    for r in board.published:
-        writer.writerow(
-            [
-                "published",
-                r.dataset,
-                r.algorithm,
-                r.method,
-                "",
-                *(num(r.metrics.get(m)) for m in board.metrics),
-                num(r.train_time_per_image),
-                num(r.inference_time_per_image),
-                "",
-                "",
-                f"{PUBLISHED_MARK}: {r.source}",
-            ]
-        )
-    return buf.getvalue()
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN -> None so the output is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def to_json(board: Leaderboard) -> str:
-    """The leaderboard as JSON (``schema: visionad_multicore.leaderboard``, version 1; NaN written as null)."""
-    doc = {
-        "schema": "visionad_multicore.leaderboard",
-        "schema_version": 1,
-        "epoch_selection": {
-            "mode": board.epoch_mode,
-            "best_metric": board.best_metric,
-            "text": board.selection,
-        },
-        "metrics": board.metrics,
-        "datasets": {d: [asdict(r) for r in board.rows if r.dataset == d] for d in board.datasets},
-        "mean": [asdict(m) for m in board.means],
-        "ranks": [asdict(k) for k in board.ranks],
-        "published": [{**asdict(r), "mark": PUBLISHED_MARK} for r in board.published],
-        "warnings": board.warnings,
-    }
-    return json.dumps(_json_safe(doc), indent=2, sort_keys=False) + "\n"
-
-
-def render(board: Leaderboard, fmt: Literal["md", "csv", "json"]) -> str:
-    """The leaderboard in ``fmt`` (``md``, ``csv`` or ``json``)."""
-    renderers = {"md": to_markdown, "csv": to_csv, "json": to_json}
-    if fmt not in renderers:
-        raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(renderers)}")
-    return renderers[fmt](board)

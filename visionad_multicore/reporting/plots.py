@@ -11,7 +11,8 @@ import os
 import textwrap
 from pathlib import Path
 
-from .leaderboard import Leaderboard, _title
+from .formats import metric_title
+from .leaderboard import Leaderboard
 from .results import atomic_savefig
 
 
@@ -85,7 +86,7 @@ def plot_leaderboard(board: Leaderboard, path: str | os.PathLike[str], dpi: int 
                 )  # fmt: skip
                 all_values.append(r.metrics[metric])
         ax.set_ylim(floor, 1.0)
-        ax.set_ylabel(_title(metric))
+        ax.set_ylabel(metric_title(metric))
         ax.grid(axis="y", alpha=0.3)
         labels = groups + [textwrap.fill(d, 16) + "\n(published,\nnot reproduced)" for d in pub_groups]
         ax.set_xticks(range(len(labels)))

@@ -12,6 +12,14 @@ VisionAD (and our runner) write one folder per evaluated epoch::
 :func:`scan_results` accepts any folder of such a tree (the results root, one run, one algorithm or one
 dataset folder) and returns every readable epoch folder; malformed ones are skipped with a warning that
 names the file and what was wrong.
+
+Unfinished folders: our runner writes ``complete.json`` last into every epoch folder and every
+``<dataset>`` folder, and records ``"format": 2`` in ``run_config.json``. In such a run an epoch folder or a
+dataset folder without its marker was interrupted (or its pair failed) and is skipped with a warning unless
+``include_unfinished`` is set. Folders of VisionAD's own runs and of older runs carry no markers and are read.
+
+Metric values that are strings are our runner's reasons for a missing number: ``"failed: ..."`` (named in a
+warning) and ``"not computable: ..."`` (image-level-only datasets; skipped silently).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from visionad_multicore.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from visionad_multicore.constants import MARKER_FILE, RUN_CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +147,10 @@ def _clean_metrics(raw: Any, source: Path, warnings: list[str]) -> dict[str, dic
             continue
         values: dict[str, float] = {}
         for method, value in per_method.items():
+            if isinstance(value, str) and value.startswith(("failed", "not computable")):
+                if value.startswith("failed"):
+                    _warn(warnings, f"{source}: {metric}/{method} {value}")
+                continue
             number = _as_float(value)
             if number is None:
                 _warn(warnings, f"{source}: {metric}/{method} value {value!r} is not a number; ignored")
@@ -222,14 +235,31 @@ def read_epoch_dir(epoch_dir: Path, warnings: list[str]) -> EpochResult | None:
     )
 
 
-def scan_results(roots: Iterable[str | os.PathLike[str]]) -> ScanReport:
+def _marked_run(dataset_dir: Path, cache: dict[Path, bool]) -> bool:
+    """True when the run holding ``dataset_dir`` writes completion markers (``run_config.json`` format >= 2)."""
+    run_dir = dataset_dir.parent.parent
+    if run_dir not in cache:
+        marked = False
+        path = run_dir / RUN_CONFIG_FILE
+        if path.is_file():
+            try:
+                marked = int(json.loads(path.read_text()).get("format", 1)) >= 2
+            except (OSError, ValueError, TypeError, AttributeError):
+                marked = False
+        cache[run_dir] = marked
+    return cache[run_dir]
+
+
+def scan_results(roots: Iterable[str | os.PathLike[str]], include_unfinished: bool = False) -> ScanReport:
     """Find and read every epoch folder under ``roots``.
 
     An epoch folder is any folder holding ``data.json`` or ``metrics.pk``. Folders that hold neither are
-    ignored silently; ones that are malformed are skipped with a warning naming the file.
+    ignored silently; ones that are malformed are skipped with a warning naming the file; unfinished ones
+    (see the module docstring) are skipped with a warning unless ``include_unfinished``.
 
     Args:
         roots: results directories (a results root, a run folder, an algorithm folder or a dataset folder).
+        include_unfinished: also read epoch folders of our runs that lack their completion markers.
 
     Returns:
         :class:`ScanReport` with the epochs sorted by (label, dataset, run time, epoch) and the warnings.
@@ -239,12 +269,27 @@ def scan_results(roots: Iterable[str | os.PathLike[str]]) -> ScanReport:
     """
     warnings: list[str] = []
     epochs: list[EpochResult] = []
+    marked_runs: dict[Path, bool] = {}
+    reported: set[Path] = set()
     for root in roots:
         root_path = Path(root)
         if not root_path.is_dir():
             raise FileNotFoundError(f"results directory {root_path} does not exist or is not a folder")
         candidates = {p.parent for name in ("data.json", "metrics.pk") for p in root_path.rglob(name)}
         for epoch_dir in sorted(candidates):
+            dataset_dir = epoch_dir.parent
+            unfinished = _marked_run(dataset_dir, marked_runs) and not (
+                (dataset_dir / MARKER_FILE).is_file() and (epoch_dir / MARKER_FILE).is_file()
+            )
+            if unfinished and not include_unfinished:
+                if dataset_dir not in reported:
+                    reported.add(dataset_dir)
+                    _warn(
+                        warnings,
+                        f"{dataset_dir}: unfinished (no {MARKER_FILE}: the run was interrupted or the pair "
+                        "failed); ignored (--include-unfinished to show it)",
+                    )
+                continue
             result = read_epoch_dir(epoch_dir, warnings)
             if result is not None:
                 epochs.append(result)

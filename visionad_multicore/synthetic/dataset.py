@@ -9,13 +9,15 @@ dataloader: in the reference code the noise hook stayed on the training loader t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from visionad_multicore.synthetic.anomalies import AnomalyMix, apply_anomaly, resolve_mix
 from visionad_multicore.synthetic.masks import MaskSet
 from visionad_multicore.synthetic.noise import add_noise
 
@@ -73,9 +75,13 @@ class SyntheticAnomalySet(Dataset):
         mask_set: SSA masks; resized NEAREST to ``(H, W)`` if drawn at another size (a very small mask can
             vanish when shrunk; prefer drawing masks at the model input size).
         size: Number of synthetic items (the paper uses 4000).
-        noise_std: Noise std in [0, 1] pixel units.
-        per_channel: Independent noise per channel instead of one grey field.
-        seed: Seed of the pairing and of the noise.
+        noise_std: Noise std in [0, 1] pixel units (when ``mix`` is None: the paper's noise-only content).
+        per_channel: Independent noise per channel instead of one grey field (same condition).
+        seed: Seed of the pairing and of the anomalies.
+        mix: What fills the masks: ``None`` (Gaussian noise of ``noise_std``, the paper's recipe), a preset
+            name of :mod:`visionad_multicore.synthetic.anomalies` (``paper``, ``mixed``, ``subtle``), an
+            :class:`~visionad_multicore.synthetic.anomalies.AnomalyMix` or its dict form. ``cutpaste`` content
+            comes from another image of ``clean_images``.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class SyntheticAnomalySet(Dataset):
         noise_std: float = 0.5,
         per_channel: bool = False,
         seed: int = 0,
+        mix: str | AnomalyMix | Mapping[str, Any] | None = None,
     ) -> None:
         if clean_images.dim() != 4 or clean_images.shape[0] == 0:
             raise ValueError(
@@ -113,6 +120,7 @@ class SyntheticAnomalySet(Dataset):
         self.noise_std = float(noise_std)
         self.per_channel = bool(per_channel)
         self.seed = int(seed)
+        self.mix = None if mix is None else resolve_mix(mix)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0xDA7A]))
         self.mask_index = _balanced_indices(len(mask_set), self.size, rng)  # (size,)
         self.image_index = _balanced_indices(clean_images.shape[0], self.size, rng)  # (size,)
@@ -127,15 +135,26 @@ class SyntheticAnomalySet(Dataset):
         i = i % self.size
         mask = self.masks[self.mask_index[i]][None].float()  # (1, H, W)
         image = self.clean_images[self.image_index[i]]  # (C, H, W)
-        if mask.any() and self.noise_std > 0:
+        if mask.any() and (self.mix is not None or self.noise_std > 0):
             generator = torch.Generator().manual_seed(
                 int(np.random.SeedSequence([self.seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1)
             )
             image01 = image * self.std + self.mean
-            noised = add_noise(image01, mask, self.noise_std, self.per_channel, generator)  # (C, H, W)
+            if self.mix is None:
+                changed = add_noise(image01, mask, self.noise_std, self.per_channel, generator)  # (C, H, W)
+            else:
+                changed, _ = apply_anomaly(image01, mask, self.mix, generator, self._donor(i, generator))
             # re-normalise only inside the mask so clean pixels stay bit-identical to the input
-            image = torch.where(mask.bool(), (noised - self.mean) / self.std, image)
+            image = torch.where(mask.bool(), (changed - self.mean) / self.std, image)
         return image.clone(), mask
+
+    def _donor(self, i: int, generator: torch.Generator) -> torch.Tensor:
+        """Another clean image in [0, 1] (the same one if there is only one) for cut-paste content."""
+        n = self.clean_images.shape[0]
+        j = int(self.image_index[i])
+        if n > 1:
+            j = (j + 1 + int(torch.randint(0, n - 1, (), generator=generator))) % n
+        return self.clean_images[j] * self.std + self.mean
 
     def fingerprint(self) -> str:
         """SHA-256 of everything that determines the items (images, masks, pairing, noise settings, seed)."""
@@ -151,6 +170,8 @@ class SyntheticAnomalySet(Dataset):
             digest.update(np.ascontiguousarray(array).tobytes())
             digest.update(str(array.shape).encode())
         digest.update(repr((self.size, self.noise_std, self.per_channel, self.seed)).encode())
+        if self.mix is not None:
+            digest.update(repr(sorted(self.mix.to_dict().items())).encode())
         return digest.hexdigest()
 
     def tensors(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

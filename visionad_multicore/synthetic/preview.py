@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 from scipy import ndimage
 
+from visionad_multicore.synthetic.anomalies import ANOMALY_KINDS, apply_anomaly, resolve_mix
 from visionad_multicore.synthetic.dataset import SyntheticAnomalySet
 from visionad_multicore.synthetic.masks import MaskSet
 
@@ -115,12 +116,16 @@ def preview_figure(
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     n_examples: int = 16,
     source: str = "",
+    kind_mixes: Sequence[str] = ("mixed", "subtle"),
 ) -> Figure:
-    """Draw the mask schema and (optionally) noised training images with their mask contours.
+    """Draw the mask schema, every anomaly kind, and (optionally) synthetic training images with their masks.
 
     Row 1: all masks of selected buckets ``n`` overlaid, each in its own colour, with the ``n x n`` grid.
     Row 2: one multi-anomaly mask per ``a`` (components coloured) and the median mask area per bucket.
-    Rows 3-4 (with ``synthetic``): noised images, masks outlined in red, chosen to span the buckets.
+    Row 3 (with ``synthetic``): one image per anomaly kind (noise, cut-paste, texture, blur, colour) and per
+    mixture of ``kind_mixes``, all on the same mask, so the kinds and strengths can be compared.
+    Rows 4-5 (with ``synthetic``): synthetic items as the set makes them, masks outlined in red, chosen to
+    span the buckets.
 
     Args:
         mask_set: The masks to draw.
@@ -135,9 +140,11 @@ def preview_figure(
     d = mask_set.size
     buckets = [n for n in buckets if n in mask_set.config.buckets]
     multis = list(mask_set.config.multi_counts)
-    n_cols = max(8, len(buckets), len(multis) + 2)
+    n_kind_cells = len(ANOMALY_KINDS) * len(kind_mixes)
+    n_cols = max(8, len(buckets), len(multis) + 2, n_kind_cells if synthetic is not None else 0)
+    kind_rows = 0 if synthetic is None or not kind_mixes else 1
     example_rows = 0 if synthetic is None else -(-n_examples // n_cols)
-    n_rows = 2 + example_rows
+    n_rows = 2 + kind_rows + example_rows
     fig = Figure(figsize=(2.0 * n_cols, 2.3 * n_rows + 0.5))
     grid = GridSpec(
         n_rows,
@@ -186,8 +193,47 @@ def preview_figure(
     pos = ax.get_position()  # leave room for the tick labels and axis labels
     ax.set_position((pos.x0 + 0.045, pos.y0 + 0.035, pos.width - 0.05, pos.height - 0.04))
     if synthetic is not None:
-        _draw_examples(fig, grid, mask_set, synthetic, n_examples, n_cols, source)
+        if kind_rows:
+            _draw_kinds(fig, grid, 2, mask_set, synthetic, kind_mixes)
+        _draw_examples(fig, grid, mask_set, synthetic, n_examples, n_cols, source, first_row=2 + kind_rows)
     return fig
+
+
+def _draw_kinds(
+    fig: Figure,
+    grid: GridSpec,
+    row: int,
+    mask_set: MaskSet,
+    synthetic: SyntheticAnomalySet,
+    mixes: Sequence[str],
+) -> None:
+    """One cell per (mixture, kind): the same image and mask, filled with that kind (seeded per cell)."""
+    singles = np.flatnonzero(mask_set.n_anomalies == 1)
+    areas = mask_set.masks[singles].reshape(len(singles), -1).sum(axis=1)
+    d = mask_set.size
+    ys, xs = np.mgrid[0:d, 0:d]
+    masks = mask_set.masks[singles]
+    centre_y = (masks * ys).reshape(len(singles), -1).sum(1) / np.maximum(areas, 1)
+    centre_x = (masks * xs).reshape(len(singles), -1).sum(1) / np.maximum(areas, 1)
+    off_centre = np.hypot(centre_y - d / 2, centre_x - d / 2) / d
+    # a mask of about a sixteenth of the image, near its centre
+    pick = singles[np.argmin(np.abs(np.log(np.maximum(areas, 1) / (d / 4) ** 2)) + 4 * off_centre)]
+    mask = torch.from_numpy(mask_set.masks[pick])[None].float()  # (1, d, d)
+    image01 = (synthetic.clean_images[0] * synthetic.std + synthetic.mean).clamp(0, 1)
+    if mask.shape[-2:] != image01.shape[-2:]:
+        mask = torch.nn.functional.interpolate(mask[None], size=image01.shape[-2:], mode="nearest")[0]
+    donor = synthetic.clean_images[-1] * synthetic.std + synthetic.mean
+    col = 0
+    for mix_name in mixes:
+        mix = resolve_mix(mix_name)
+        for k, kind in enumerate(ANOMALY_KINDS):
+            generator = torch.Generator().manual_seed(1000 * col + k)
+            out, _ = apply_anomaly(image01, mask, mix, generator, donor01=donor, kind=kind)
+            ax = fig.add_subplot(grid[row, col])
+            ax.imshow(out.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.contour(mask[0].numpy(), levels=[0.5], colors="red", linewidths=0.5)
+            _clean_axis(ax, f"{kind} ({mix_name})")
+            col += 1
 
 
 def _example_items(mask_set: MaskSet, synthetic: SyntheticAnomalySet, n_examples: int) -> list[int]:
@@ -214,12 +260,13 @@ def _draw_examples(
     n_examples: int,
     n_cols: int,
     source: str,
+    first_row: int = 2,
 ) -> None:
     mean, std = synthetic.mean, synthetic.std
     for k, item in enumerate(_example_items(mask_set, synthetic, n_examples)):
         image, mask = synthetic[item]
         pixels = (image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, 3)
-        ax = fig.add_subplot(grid[2 + k // n_cols, k % n_cols])
+        ax = fig.add_subplot(grid[first_row + k // n_cols, k % n_cols])
         ax.imshow(pixels, interpolation="nearest")
         if mask.any():
             ax.contour(mask[0].numpy(), levels=[0.5], colors="red", linewidths=0.7)
@@ -229,7 +276,8 @@ def _draw_examples(
         )
         _clean_axis(ax, f"{label}, img {int(synthetic.image_index[item])}")
     if source:
-        fig.text(0.005, 0.003, f"noised images: {source}; noise std {synthetic.noise_std}", fontsize=8)
+        content = f"noise std {synthetic.noise_std}" if synthetic.mix is None else "the anomaly mixture"
+        fig.text(0.005, 0.003, f"synthetic images: {source}; {content}", fontsize=8)
 
 
 def brick_images(size: int, count: int = 6) -> torch.Tensor:

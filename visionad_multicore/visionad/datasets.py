@@ -25,10 +25,9 @@ from typing import Any
 
 import yaml
 
-logger = logging.getLogger(__name__)
+from visionad_multicore.constants import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REGISTRY_PATH = REPO_ROOT / "algorithm_configs" / "datasets.yaml"
@@ -52,12 +51,23 @@ SLICE_KEYS = (
 )
 SKIP_KEYS = ("skip_train_regular", "skip_test_regular", "skip_test_novel")
 # Keys of the dict load_dataset returns (and create_dataloaders accepts).
-DATASET_DICT_KEYS = (*FOLDER_KEYS, *SLICE_KEYS, *SKIP_KEYS, "mean", "std", "dataset_key")
+DATASET_DICT_KEYS = (*FOLDER_KEYS, *SLICE_KEYS, *SKIP_KEYS, "mean", "std", "pixel_labels", "dataset_key")
 
 _TOP_KEYS = ("roots", "families", "datasets")
 _ROOT_KEYS = ("env", "default", "description")
-_FAMILY_KEYS = ("root", "key_prefix", "layout", "classes", "mean", "std", "description")
-_ENTRY_KEYS = ("path", "root", "layout", "mean", "std", "description", *SLICE_KEYS, *SKIP_KEYS, *FOLDER_KEYS)
+_FAMILY_KEYS = ("root", "key_prefix", "layout", "classes", "mean", "std", "pixel_labels", "description")
+_ENTRY_KEYS = (
+    "path",
+    "root",
+    "layout",
+    "mean",
+    "std",
+    "pixel_labels",
+    "description",
+    *SLICE_KEYS,
+    *SKIP_KEYS,
+    *FOLDER_KEYS,
+)
 
 
 class DatasetRegistryError(ValueError):
@@ -94,6 +104,7 @@ class DatasetSpec:
     slicing: Mapping[str, int | None] = field(default_factory=dict)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    pixel_labels: bool = True
     description: str = ""
     source: str = ""
 
@@ -146,14 +157,19 @@ def _entry_spec(key: str, raw: Mapping[str, Any], base_dir: Path, source: str) -
     where = f"{source}: dataset {key!r}"
     _check_keys(raw, _ENTRY_KEYS, where)
     layout = _layout(raw.get("layout"), where)
+    pixel_labels = raw.get("pixel_labels", True)
+    if not isinstance(pixel_labels, bool):
+        raise DatasetRegistryError(f"{where}: pixel_labels must be true or false, got {pixel_labels!r}")
     folders: dict[str, str | tuple[str, ...]] = {}
     if layout == "folders":
-        missing = [k for k in FOLDER_KEYS if k not in raw]
+        needed = FOLDER_KEYS if pixel_labels else FOLDER_KEYS[:3]
+        missing = [k for k in needed if k not in raw]
         if missing:
             raise DatasetRegistryError(f"{where}: layout 'folders' needs {', '.join(missing)}")
         for k in FOLDER_KEYS:
-            v = raw[k]
-            folders[k] = v if isinstance(v, str) else tuple(str(p) for p in v)
+            if k in raw and raw[k] is not None:
+                v = raw[k]
+                folders[k] = v if isinstance(v, str) else tuple(str(p) for p in v)
     else:
         given = [k for k in FOLDER_KEYS if k in raw]
         if given:
@@ -172,6 +188,7 @@ def _entry_spec(key: str, raw: Mapping[str, Any], base_dir: Path, source: str) -
         slicing=_slicing(raw, where),
         mean=_stats(raw.get("mean"), IMAGENET_MEAN, where),
         std=_stats(raw.get("std"), IMAGENET_STD, where),
+        pixel_labels=pixel_labels,
         description=str(raw.get("description", "")),
         source=source,
     )
@@ -188,7 +205,7 @@ def _family_specs(name: str, raw: Mapping[str, Any], base_dir: Path, source: str
     else:
         raise DatasetRegistryError(f"{where}: 'classes' must be a list of folders or a mapping key -> folder")
     prefix = str(raw.get("key_prefix", f"{name}_"))
-    entry = {k: raw[k] for k in ("root", "layout", "mean", "std", "description") if k in raw}
+    entry = {k: raw[k] for k in ("root", "layout", "mean", "std", "pixel_labels", "description") if k in raw}
     return [
         _entry_spec(prefix + suffix, {**entry, "path": folder}, base_dir, source) for suffix, folder in pairs
     ]
@@ -296,6 +313,8 @@ class DatasetRegistry:
         out: dict[str, Any] = {"dataset_key": key}
         if spec.layout == "folders":
             for k, v in spec.folders.items():
+                if k == "folder_path_novel_masks" and not spec.pixel_labels:
+                    continue  # image-level labels only: masks are not used even if listed
                 out[k] = need(locate(v), k) if isinstance(v, str) else [need(locate(p), k) for p in v]
         else:
             assert spec.path is not None
@@ -304,7 +323,10 @@ class DatasetRegistry:
             out["folder_path_regular_test"] = need(cls / "test" / "good", "regular test (test/good)")
             if spec.layout == "visa":
                 out["folder_path_novel_test"] = need(cls / "test" / "bad", "anomalous test (test/bad)")
-                out["folder_path_novel_masks"] = need(cls / "ground_truth" / "bad", "mask (ground_truth/bad)")
+                if spec.pixel_labels:
+                    out["folder_path_novel_masks"] = need(
+                        cls / "ground_truth" / "bad", "mask (ground_truth/bad)"
+                    )
             else:
                 defects = sorted(
                     d
@@ -316,12 +338,15 @@ class DatasetRegistry:
                         f"dataset {key!r}: no defect folders (test/<defect>) in {cls / 'test'}"
                     )
                 out["folder_path_novel_test"] = [str(cls / "test" / d) for d in defects]
-                out["folder_path_novel_masks"] = [
-                    need(cls / "ground_truth" / d, f"mask (ground_truth/{d})") for d in defects
-                ]
+                if spec.pixel_labels:
+                    out["folder_path_novel_masks"] = [
+                        need(cls / "ground_truth" / d, f"mask (ground_truth/{d})") for d in defects
+                    ]
+        out.setdefault("folder_path_novel_masks", None)
         out.update(spec.slicing)
         out["mean"] = list(spec.mean)
         out["std"] = list(spec.std)
+        out["pixel_labels"] = spec.pixel_labels
         return out
 
 
@@ -371,8 +396,9 @@ def load_dataset(
     Returns:
         ``folder_path_regular_train`` / ``folder_path_regular_test`` (str), ``folder_path_novel_test`` /
         ``folder_path_novel_masks`` (a str, or for MVTec layout a list of defect folders, masks aligned with
-        them), the six ``*_start`` / ``*_end`` slice bounds (None = all), ``skip_*`` (>= 1), ``mean`` and
-        ``std`` (lists of 3 floats) and ``dataset_key``; pass it to ``loaders.create_dataloaders(**dataset)``.
+        them; None when ``pixel_labels`` is False), the six ``*_start`` / ``*_end`` slice bounds (None = all),
+        ``skip_*`` (>= 1), ``mean`` and ``std`` (lists of 3 floats), ``pixel_labels`` (False: image-level
+        labels only, no masks) and ``dataset_key``; pass it to ``loaders.create_dataloaders(**dataset)``.
 
     Raises:
         UnknownDatasetError: ``key`` is not in the registry (the message lists the known keys).

@@ -1,32 +1,16 @@
-"""VisionAD's evaluation metrics, reproduced exactly, with a vectorised AUPRO.
+"""VisionAD's metrics as VisionAD runs them: ``metric(heatmap_set, image_score_set, targets_set, paths_set)``.
 
-Two layers:
+The metric functions registered in :data:`METRICS` under VisionAD's names wrap the pure functions of
+:mod:`~visionad_multicore.visionad.metric_functions` (re-exported here) exactly as VisionAD's
+``wrapper/metrics.py`` does, quirks included: targets cast with ``.int()``, the AUROC flip (logged), a method
+whose metric cannot be computed skipped with a logged reason. :func:`run_metrics` runs a list of them like
+VisionAD's ``wrapper.run_metrics``, with two additions that never change a number VisionAD would report:
 
-* Pure functions on numpy arrays or torch tensors: :func:`image_auroc`, :func:`pixel_auroc`, :func:`aupro`
-  and :func:`proportion_localised`. They check their arguments (shapes, binary masks, finite values) and
-  raise ``ValueError`` with a message saying what was expected.
-* VisionAD-shaped metric functions ``metric(heatmap_set, image_score_set, targets_set, paths_set) ->
-  (results, info)`` registered in :data:`METRICS` under VisionAD's names, and :func:`run_metrics`, which runs
-  a list of them the way VisionAD's ``wrapper.run_metrics`` does.
-
-The definitions are VisionAD's (``wrapper/metrics.py``), quirks included, so that scores agree with
-VisionAD's own code to 1e-9 on the same inputs (``benchmarks/check_metrics_vs_visionad.py`` checks this):
-
-* AUROC flip: an AUROC of 0.5 or below is reported as ``1 - AUROC`` (the detector is assumed to have its
-  sign the wrong way round). The wrappers log a warning naming the method when this happens.
-* AUPRO: thresholds ``np.arange(min, max, (max - min) / num_thresholds)[1:]`` over the anomalous maps only;
-  a pixel is predicted anomalous when ``map >= threshold``; the per-region overlap (PRO) is the mean over all
-  connected regions of all masks (``skimage.measure.label``, default connectivity, i.e. 8-connected); the
-  false positive rate counts the non-anomalous pixels of the anomalous images; rows with ``fpr < fpr_limit``
-  are kept, their fpr divided by its maximum and the area taken with ``sklearn.metrics.auc``. The same is
-  done for the reversed curve (``1 - pro`` against ``1 - fpr``) and the larger area is returned; a branch
-  that cannot be computed (fewer than two rows, all-zero fpr) counts as 0.
-* PL: the ``proportion_localised`` package's ``calculate`` with VisionAD's arguments.
-
-VisionAD's AUPRO loops over the 200 thresholds with pandas; ours sorts each image's regular pixels once,
-puts each region pixel into its threshold bin (``np.searchsorted``) and counts with ``np.bincount``, which
-gives the same integer counts at every threshold, about 30 times faster on 100 maps of 256 x 256
-(``benchmarks/bench_aupro.py``). The AUROCs are exact Mann-Whitney counts on sorted values.
+* a method whose heatmaps (or scores) hold NaN or infinite values is not scored; its result is the string
+  ``"failed: non-finite values in N maps"`` (``N scores`` for ``Imagewise_AUC``), and
+  :func:`metric_failures` lists it so that the run ends with a non-zero exit code;
+* with ``pixel_labels=False`` (an image-level-only dataset) every pixel metric is
+  :data:`NOT_COMPUTABLE_IMAGE_LEVEL` for every method instead of being computed on masks that do not exist.
 """
 
 from __future__ import annotations
@@ -38,464 +22,32 @@ from typing import Any
 
 import numpy as np
 import torch
-from skimage import measure
-from sklearn.metrics import auc as sklearn_auc
 from tqdm.auto import tqdm
+
+from visionad_multicore.visionad.metric_functions import (
+    PL_IMAGE_SIZE,
+    ArrayLike,
+    MetricFunction,
+    MetricResult,
+    aupro,
+    aupro_thresholds,
+    aupro_with_info,
+    comparable_thresholds,
+    flip_auroc,
+    image_auroc,
+    pixel_auroc,
+    pro_curve,
+    proportion_localised,
+)
 
 logger = logging.getLogger(__name__)
 
-ArrayLike = np.ndarray | torch.Tensor
-MetricResult = tuple[dict[str, float], dict[str, Any]]
-MetricFunction = Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any], Any], MetricResult]
-
-# Size that the proportion_localised package hard-codes for its images.
-PL_IMAGE_SIZE = 256
-# numpy < 2 rounds a float64 scalar to the array's dtype before comparing (value-based casting).
-_LEGACY_PROMOTION = np.lib.NumpyVersion(np.__version__) < "2.0.0"
-# Number of query values searched per block in the AUROC count (bounds the int64 temporaries).
-_AUROC_BLOCK = 1 << 22
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Argument handling
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _to_numpy(x: Any, name: str) -> np.ndarray:
-    """Convert a tensor or array-like to a numpy array without changing its dtype (bfloat16 -> float32)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        return x.numpy()
-    arr = np.asarray(x)
-    if arr.dtype == object:
-        raise TypeError(f"{name}: expected a numeric array or tensor, got an object array")
-    return arr
-
-
-def _check_real(arr: np.ndarray, name: str) -> None:
-    """Raise if ``arr`` is empty, not real-valued numeric, or holds NaN or infinite values."""
-    if arr.size == 0:
-        raise ValueError(f"{name}: expected a non-empty array, got shape {arr.shape}")
-    if arr.dtype == bool or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
-        raise TypeError(f"{name}: expected real (float or integer) values, got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        n_nan = int(np.isnan(arr).sum())
-        n_inf = int(np.isinf(arr).sum())
-        raise ValueError(f"{name}: expected finite values, found {n_nan} NaN and {n_inf} infinite values")
-
-
-def _scores_1d(x: Any, name: str) -> np.ndarray:
-    """Scores as a 1-D array: accepts shape ``(N,)`` or ``(N, 1)``."""
-    arr = _to_numpy(x, name)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise ValueError(f"{name}: expected shape (N,) or (N, 1), got {arr.shape}")
-    _check_real(arr, name)
-    return arr
-
-
-def _maps_3d(x: Any, name: str) -> np.ndarray:
-    """Heatmaps as ``(N, H, W)``: accepts ``(N, H, W)`` or VisionAD's ``(N, 1, H, W)``."""
-    arr = _to_numpy(x, name)
-    if arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 3:
-        raise ValueError(f"{name}: expected shape (N, H, W) or (N, 1, H, W), got {arr.shape}")
-    _check_real(arr, name)
-    return arr
-
-
-def _masks_3d(x: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Binary masks as a bool ``(N, H, W)`` array of the given shape; any value other than 0/1 is an error."""
-    arr = _to_numpy(x, name)
-    if arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape} (matching the maps), got {arr.shape}")
-    if arr.dtype == bool:
-        return arr
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name}: expected a binary mask, got dtype {arr.dtype}")
-    is_one = arr == 1
-    if not np.logical_or(is_one, arr == 0).all():
-        bad = np.unique(arr[~np.logical_or(is_one, arr == 0)])[:5]
-        raise ValueError(
-            f"{name}: expected a binary mask with values in {{0, 1}}, found values {bad.tolist()}"
-        )
-    return is_one
-
-
-# ----------------------------------------------------------------------------------------------------------
-# AUROC
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _auroc(positives: np.ndarray, negatives: np.ndarray, overwrite: bool = False) -> float:
-    """Exact ROC AUC of positives against negatives (ties count one half), no flip.
-
-    Computed as the Mann-Whitney statistic in integer arithmetic: both sets are sorted and the smaller one is
-    searched in the larger, ``2U = sum(#below + #at-or-below)``, then one division. This equals
-    scikit-learn's ``roc_auc_score`` up to its floating-point rounding (~1e-15), and is several times faster
-    on millions of pixels (a SIMD sort instead of an argsort).
-
-    Args:
-        positives: Values of the positive class, any shape.
-        negatives: Values of the negative class, any shape.
-        overwrite: The arrays are scratch copies that may be sorted in place (saves a copy of each).
-    """
-    n_pos, n_neg = positives.size, negatives.size
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(
-            f"AUROC needs both classes: got {n_pos} anomalous and {n_neg} regular values "
-            "(ROC AUC is not defined with one class)"
-        )
-    dtype = np.result_type(positives.dtype, negatives.dtype)
-    sorted_sets = []
-    for values in (positives, negatives):
-        values = values.astype(dtype, copy=False).ravel()
-        if overwrite and values.flags.writeable and values.flags.owndata:
-            values.sort()
-        else:
-            values = np.sort(values)
-        sorted_sets.append(values)
-    pos, neg = sorted_sets
-    # Search the smaller set in the larger; both sorted, so the searches walk memory in order.
-    pos_are_queries = n_pos <= n_neg
-    reference, queries = (neg, pos) if pos_are_queries else (pos, neg)
-    n_ref = reference.size
-    twice_u = 0  # Python int: no overflow
-    for start in range(0, queries.size, _AUROC_BLOCK):
-        block = queries[start : start + _AUROC_BLOCK]
-        below = int(np.searchsorted(reference, block, side="left").sum(dtype=np.int64))  # reference < q
-        at_or_below = int(
-            np.searchsorted(reference, block, side="right").sum(dtype=np.int64)
-        )  # reference <= q
-        if pos_are_queries:
-            # For each positive q: negatives below q count 1, negatives equal to q count 1/2.
-            twice_u += below + at_or_below
-        else:
-            # For each negative q: positives above q count 1, positives equal to q count 1/2.
-            twice_u += 2 * n_ref * block.size - below - at_or_below
-    return twice_u / (2 * n_pos * n_neg)
-
-
-def _flip(score: float) -> float:
-    """VisionAD's rule: keep an AUROC above 0.5, otherwise report ``1 - AUROC``."""
-    return score if score > 0.5 else 1.0 - score
-
-
-def image_auroc(scores_regular: ArrayLike, scores_anomalous: ArrayLike, flip: bool = True) -> float:
-    """Image-level ROC AUC, anomalous images as the positive class.
-
-    Args:
-        scores_regular: Scores of the regular (defect-free) test images, shape ``(M,)`` or ``(M, 1)``.
-        scores_anomalous: Scores of the anomalous test images, shape ``(N,)`` or ``(N, 1)``.
-        flip: Apply VisionAD's flip: an AUROC of 0.5 or below is reported as ``1 - AUROC``.
-
-    Returns:
-        The AUROC in [0, 1] (in [0.5, 1] with ``flip``).
-
-    Raises:
-        ValueError: Wrong shapes, non-finite scores, or an empty set.
-
-    Memory: sorted copies of both sets plus int64 counts for the smaller one, in blocks of 4M (O(N + M)).
-    """
-    regular = _scores_1d(scores_regular, "scores_regular")
-    anomalous = _scores_1d(scores_anomalous, "scores_anomalous")
-    score = _auroc(anomalous, regular)
-    return _flip(score) if flip else score
-
-
-def pixel_auroc(
-    maps_anomalous: ArrayLike,
-    masks: ArrayLike,
-    maps_regular: ArrayLike | None = None,
-    flip: bool = True,
-) -> float:
-    """Pixel-level ROC AUC: anomalous-mask pixels are positives, all other pixels negatives.
-
-    Args:
-        maps_anomalous: Heatmaps of the anomalous test images, ``(N, H, W)`` or ``(N, 1, H, W)``.
-        masks: Ground-truth masks of those images in {0, 1}, same shape as ``maps_anomalous``.
-        maps_regular: Heatmaps of the regular test images, ``(M, H', W')`` or ``(M, 1, H', W')``; all of their
-            pixels are labelled 0. ``None`` gives VisionAD's "anomalous only" variant.
-        flip: Apply VisionAD's flip: an AUROC of 0.5 or below is reported as ``1 - AUROC``.
-
-    Returns:
-        The AUROC in [0, 1] (in [0.5, 1] with ``flip``).
-
-    Raises:
-        ValueError: Wrong shapes, non-binary masks, non-finite values, or only one class present.
-
-    Memory: one copy of all pixel values (``N*H*W + M*H'*W'`` values of the maps' dtype, split by class and
-    sorted in place) and int64 counts for the smaller class in blocks of 4M values; about 1.5 s for 13 M
-    pixels where scikit-learn takes several times longer.
-    """
-    anomalous = _maps_3d(maps_anomalous, "maps_anomalous")
-    labels = _masks_3d(masks, "masks", anomalous.shape)
-    positives = anomalous[labels]
-    negatives = anomalous[~labels]
-    if maps_regular is not None:
-        regular = _maps_3d(maps_regular, "maps_regular")
-        dtype = np.result_type(anomalous.dtype, regular.dtype)
-        negatives = np.concatenate(
-            [negatives.astype(dtype, copy=False), regular.astype(dtype, copy=False).ravel()]
-        )
-    score = _auroc(positives, negatives, overwrite=True)
-    return _flip(score) if flip else score
-
-
-# ----------------------------------------------------------------------------------------------------------
-# AUPRO
-# ----------------------------------------------------------------------------------------------------------
-
-
-def aupro_thresholds(maps: np.ndarray, num_thresholds: int) -> np.ndarray:
-    """VisionAD's AUPRO thresholds: ``np.arange(min, max, (max - min) / num_thresholds)[1:]``.
-
-    Computed with the maps' own dtype exactly as VisionAD does, so the floating-point values are identical.
-    """
-    min_th = maps.min()
-    max_th = maps.max()
-    delta = (max_th - min_th) / num_thresholds
-    return np.arange(min_th, max_th, delta)[1:]
-
-
-def comparable_thresholds(
-    thresholds: np.ndarray, dtype: np.dtype, legacy_promotion: bool = _LEGACY_PROMOTION
-) -> tuple[np.ndarray, np.dtype]:
-    """Thresholds and a working dtype in which ``values >= thresholds`` gives exactly VisionAD's answers.
-
-    VisionAD compares maps of ``dtype`` with the float64 thresholds of ``np.arange``. With numpy >= 2 the
-    comparison happens in float64; for a narrower float ``dtype`` the same answers come from comparing, in
-    ``dtype``, with the smallest ``dtype`` value not below each threshold (no 8-byte copy of the maps). With
-    numpy 1.x value-based casting the thresholds are instead rounded to ``dtype`` (``legacy_promotion``).
-    Integer maps are compared in float64, as numpy does.
-
-    Args:
-        thresholds: Ascending thresholds, ``(T,)``.
-        dtype: dtype of the maps.
-        legacy_promotion: Reproduce numpy 1.x's rounding of the scalar threshold to ``dtype``.
-
-    Returns:
-        ``(thresholds_in_working_dtype (T,), working_dtype)``, still ascending.
-    """
-    dtype = np.dtype(dtype)
-    if not np.issubdtype(dtype, np.floating) or np.dtype(dtype).itemsize >= thresholds.dtype.itemsize:
-        work = np.result_type(dtype, thresholds.dtype)
-        return thresholds.astype(work), work
-    narrow = thresholds.astype(dtype)  # round to nearest
-    if not legacy_promotion:
-        below = narrow.astype(thresholds.dtype) < thresholds
-        narrow[below] = np.nextafter(narrow[below], np.array(np.inf, dtype=dtype))
-    return narrow, dtype
-
-
-def pro_curve(
-    maps: ArrayLike, masks: ArrayLike, num_thresholds: int = 200
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The per-region-overlap curve at VisionAD's thresholds, without a loop over thresholds.
-
-    Per image: the regular pixels are sorted once and the thresholds searched in them, which counts the false
-    positives at every threshold; each region pixel gets its bin ``k = searchsorted(thresholds, value,
-    "right")`` (the number of thresholds ``<= value``, so it is predicted anomalous at threshold ``j``
-    exactly when ``j < k``), and ``np.bincount`` over (region, bin) summed from the top gives every region's
-    true positives at every threshold. These are the integer counts VisionAD gets by thresholding the maps
-    with ``>=`` (see :func:`comparable_thresholds` for the dtypes).
-
-    Args:
-        maps: Heatmaps of the anomalous test images, ``(N, H, W)`` or ``(N, 1, H, W)``.
-        masks: Their binary ground-truth masks, same shape.
-        num_thresholds: VisionAD's ``num_th``.
-
-    Returns:
-        ``(thresholds, pro, fpr)``, each of shape ``(T,)`` with ``T`` about ``num_thresholds - 1``: the mean
-        per-region overlap and the false positive rate (over the masks' zero pixels; NaN when there are
-        none) at each threshold, thresholds ascending.
-
-    Raises:
-        ValueError: Bad shapes or values, constant maps, or masks without any anomalous region.
-
-    Memory: a sorted copy of one image's regular pixels and int64 bins for its region pixels at a time, plus
-    ``R x (T + 1)`` int64 counts for the ``R`` regions (e.g. 100 regions x 200 thresholds = 160 kB); with
-    integer maps also a float64 copy of one image.
-    """
-    if (
-        isinstance(num_thresholds, bool)
-        or not isinstance(num_thresholds, int | np.integer)
-        or num_thresholds < 2
-    ):
-        raise ValueError(f"num_thresholds: expected an integer >= 2, got {num_thresholds!r}")
-    amaps = _maps_3d(maps, "maps")
-    gt = _masks_3d(masks, "masks", amaps.shape)
-    if amaps.min() == amaps.max():
-        raise ValueError(f"maps: all values equal ({amaps.min()}), AUPRO thresholds are undefined")
-
-    thresholds = aupro_thresholds(amaps, int(num_thresholds))
-    if np.any(np.diff(thresholds) < 0):  # np.arange is monotone; the counting relies on it
-        raise RuntimeError("AUPRO thresholds are not ascending")
-    work_thresholds, work_dtype = comparable_thresholds(thresholds, amaps.dtype)
-    n_bins = thresholds.size + 1
-
-    fp = np.zeros(thresholds.size, dtype=np.int64)  # (T,) regular pixels >= each threshold
-    region_hists: list[np.ndarray] = []  # per image: (R_i, n_bins)
-    region_areas: list[np.ndarray] = []  # per image: (R_i,)
-    for amap, mask in zip(amaps, gt):
-        values = amap.ravel().astype(work_dtype, copy=False)  # (H*W,)
-        regions = measure.label(mask).ravel()  # (H*W,) 0 = background, 1..R_i regions
-        inside = regions > 0
-        regular = np.sort(values[~inside])
-        fp += regular.size - np.searchsorted(regular, work_thresholds, side="left")
-        n_regions = int(regions.max())
-        if n_regions == 0:
-            continue
-        bins = np.searchsorted(work_thresholds, values[inside], side="right")  # thresholds <= value
-        flat = (regions[inside].astype(np.int64) - 1) * n_bins + bins
-        region_hists.append(np.bincount(flat, minlength=n_regions * n_bins).reshape(n_regions, n_bins))
-        region_areas.append(np.bincount(regions[inside], minlength=n_regions + 1)[1:])
-    if not region_hists:
-        raise ValueError("masks: no anomalous region in any mask, the per-region overlap is undefined")
-
-    hist = np.concatenate(region_hists)  # (R, n_bins)
-    areas = np.concatenate(region_areas)  # (R,)
-    # Pixels with bin index > j are those >= thresholds[j]: suffix sums, dropping bin 0.
-    tp = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (R, T)
-    pro = (tp / areas[:, None]).mean(axis=0)  # (T,) mean over all regions of all images
-    n_regular = int((~gt).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fpr = fp / n_regular  # NaN when no regular pixel, as in VisionAD
-    return thresholds, pro, fpr
-
-
-def _pro_branch(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> tuple[float, dict[str, list[float]]]:
-    """Area under one PRO curve, VisionAD's way; 0 when it cannot be computed."""
-    keep = fpr < fpr_limit
-    x = fpr[keep]
-    y = pro[keep]
-    info = {"fpr": fpr.tolist(), "pro": pro.tolist()}
-    if x.size < 2 or not x.max() > 0:  # sklearn's auc needs two points; all-zero fpr gives 0/0
-        return 0.0, info
-    x = x / x.max()
-    try:
-        area = float(sklearn_auc(x, y))
-    except ValueError:  # non-monotonic x; cannot happen for a PRO curve but VisionAD counts it as 0
-        return 0.0, info
-    info.update({"fpr_crop_normalised": x.tolist(), "pro_crop_normalised": y.tolist()})
-    return area, info
-
-
-def aupro_with_info(
-    maps: ArrayLike, masks: ArrayLike, num_thresholds: int = 200, fpr_limit: float = 0.3
-) -> tuple[float, dict[str, Any]]:
-    """:func:`aupro` plus the curves of the winning branch and whether the reversed curve won.
-
-    Returns:
-        ``(score, info)``; ``info`` has ``reversed`` (bool), ``fpr`` and ``pro`` (full curve),
-        ``fpr_crop_normalised`` and ``pro_crop_normalised`` (the part integrated, when it exists).
-    """
-    if not 0 < fpr_limit <= 1:
-        raise ValueError(f"fpr_limit: expected a value in (0, 1], got {fpr_limit!r}")
-    _, pro, fpr = pro_curve(maps, masks, num_thresholds)
-    forward, forward_info = _pro_branch(fpr, pro, fpr_limit)
-    backward, backward_info = _pro_branch(1 - fpr, 1 - pro, fpr_limit)
-    if backward > forward:  # ties go to the forward curve, like np.argmax in VisionAD
-        return backward, {"reversed": True, **backward_info}
-    return forward, {"reversed": False, **forward_info}
-
-
-def aupro(maps: ArrayLike, masks: ArrayLike, num_thresholds: int = 200, fpr_limit: float = 0.3) -> float:
-    """Area under the per-region-overlap curve up to ``fpr_limit``, VisionAD's definition.
-
-    See the module docstring for the exact definition (thresholds over the anomalous maps only, ``>=``,
-    mean over all regions, fpr normalised by its maximum kept value, max of the forward and reversed curves).
-
-    Args:
-        maps: Heatmaps of the anomalous test images, ``(N, H, W)`` or ``(N, 1, H, W)``.
-        masks: Their binary ground-truth masks, same shape; regions are 8-connected components.
-        num_thresholds: Number of threshold steps between the maps' minimum and maximum (>= 2).
-        fpr_limit: Keep curve points with false positive rate strictly below this.
-
-    Returns:
-        The AUPRO in [0, 1]; 0 when neither curve has two points below ``fpr_limit``.
-
-    Raises:
-        ValueError: Bad shapes or values, constant maps, or masks without any anomalous region.
-
-    Memory: see :func:`pro_curve`; about 8 bytes per pixel of one image plus small per-region counts.
-    """
-    return aupro_with_info(maps, masks, num_thresholds, fpr_limit)[0]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Proportion localised
-# ----------------------------------------------------------------------------------------------------------
-
-
-def proportion_localised(
-    maps: ArrayLike,
-    masks: ArrayLike,
-    iou_limit: float = 0.3,
-    min_target_scale: float = 1 / 8,
-    n_thresholds: int = 25,
-    overlap_limit: float = 1 / 3,
-) -> float:
-    """The PL score of the ``proportion_localised`` package (Taylor et al., TMLR 2024).
-
-    The proportion of anomalies (merged, rotated bounding boxes of the mask regions) whose IoU with the
-    thresholded heatmap exceeds ``iou_limit``, at the best of ``n_thresholds`` percentile thresholds, in
-    whichever direction of the heatmap scores higher. Calls ``proportion_localised.calculate`` with the
-    arguments VisionAD uses.
-
-    Args:
-        maps: Heatmaps of the anomalous test images, ``(N, 256, 256)`` or ``(N, 1, 256, 256)`` (the package
-            hard-codes 256 x 256 images).
-        masks: Their binary ground-truth masks, same shape; each must contain at least one anomalous pixel.
-        iou_limit: IoU above which an anomaly counts as localised.
-        min_target_scale: Boxes are enlarged to at least this fraction of the image side.
-        n_thresholds: Number of percentile thresholds tried.
-        overlap_limit: Boxes overlapping more than this are merged.
-
-    Returns:
-        The PL score in [0, 1].
-
-    Raises:
-        ValueError: Bad shapes or values, images not 256 x 256, or an image whose mask is empty.
-
-    Memory: the package allocates ``256 x 256 x R`` float64 distances per image with ``R`` regions, and a few
-    ``256 x 256`` masks per region.
-    """
-    import proportion_localised as pl  # heavy (cv2, shapely): imported on use
-
-    heatmaps = _maps_3d(maps, "maps")
-    gt = _masks_3d(masks, "masks", heatmaps.shape)
-    if heatmaps.shape[1:] != (PL_IMAGE_SIZE, PL_IMAGE_SIZE):
-        raise ValueError(
-            f"maps: proportion_localised needs {PL_IMAGE_SIZE}x{PL_IMAGE_SIZE} images, got {heatmaps.shape[1:]}"
-        )
-    empty = np.flatnonzero(~gt.reshape(gt.shape[0], -1).any(axis=1))
-    if empty.size:
-        raise ValueError(
-            f"masks: images {empty[:10].tolist()} have no anomalous pixel; PL needs one per image"
-        )
-    score, _ = pl.calculate(
-        heatmaps,
-        gt.astype(np.float32),
-        iou_limit,
-        min_target_scale=min_target_scale,
-        n_thresholds=n_thresholds,
-        overlap_limit=overlap_limit,
-    )
-    return float(score)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# VisionAD-shaped metrics
-# ----------------------------------------------------------------------------------------------------------
+PIXEL_METRICS = ("Pixelwise_AUC", "Pixelwise_AUC_anom_only", "Pixelwise_AUPRO", "PL")
+"""Metrics that need pixel labels (masks)."""
+NOT_COMPUTABLE_IMAGE_LEVEL = "not computable: image-level labels only (pixel_labels: false)"
+"""The result of every pixel metric on a dataset without masks."""
+FAILED_PREFIX = "failed: "
+"""Results that are strings starting with this mark a method whose metric failed (see :func:`metric_failures`)."""
 
 
 def _visionad_targets(targets: Any) -> np.ndarray:
@@ -508,7 +60,21 @@ def _visionad_targets(targets: Any) -> np.ndarray:
     arr = targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
     if arr.dtype == bool:
         return arr.astype(np.int32)
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise ValueError(
+            f"targets: {int((~np.isfinite(arr)).sum())} NaN or infinite values, so no pixel labels "
+            "(an image-level-only dataset has NaN masks: run its metrics with pixel_labels=False)"
+        )
     return np.trunc(arr).astype(np.int32)
+
+
+def _targets(targets_set: Mapping[str, Any], metric: str) -> np.ndarray | None:
+    """VisionAD's targets, or None (logged) when they cannot be used, so that no method is scored."""
+    try:
+        return _visionad_targets(_get(targets_set, "targets_novel", "targets_set"))
+    except ValueError as err:
+        logger.warning("Unable to calculate %s for any method: %s", metric, err)
+        return None
 
 
 def _get(mapping: Mapping[str, Any], key: str, where: str) -> Any:
@@ -529,7 +95,7 @@ def _flip_logged(score: float, metric: str, method: str) -> tuple[float, bool]:
             score,
             1.0 - score,
         )
-    return _flip(score), score <= 0.5
+    return flip_auroc(score), score <= 0.5
 
 
 def _per_method(
@@ -583,7 +149,9 @@ def _pixelwise_auc(
     heatmap_set: Mapping[str, Any], targets_set: Mapping[str, Any], novel_only: bool, metric: str
 ) -> MetricResult:
     novel = _get(heatmap_set, "heatmap_set_novel", "heatmap_set")
-    targets = _visionad_targets(_get(targets_set, "targets_novel", "targets_set"))
+    targets = _targets(targets_set, metric)
+    if targets is None:
+        return {}, {}
 
     def compute(method: str) -> tuple[float, dict[str, Any]]:
         regular = (
@@ -637,7 +205,9 @@ def pixelwise_aupro(
         ``({method: aupro}, {method: info of aupro_with_info})``.
     """
     novel = _get(heatmap_set, "heatmap_set_novel", "heatmap_set")
-    targets = _visionad_targets(_get(targets_set, "targets_novel", "targets_set"))
+    targets = _targets(targets_set, "Pixelwise_AUPRO")
+    if targets is None:
+        return {}, {}
 
     def compute(method: str) -> tuple[float, dict[str, Any]]:
         score, info = aupro_with_info(novel[method], targets)
@@ -658,7 +228,9 @@ def pl_metric(
 ) -> MetricResult:
     """VisionAD's ``PL``: :func:`proportion_localised` with IoU limit 0.3 per method (256 x 256 heatmaps)."""
     novel = _get(heatmap_set, "heatmap_set_novel", "heatmap_set")
-    targets = _visionad_targets(_get(targets_set, "targets_novel", "targets_set"))
+    targets = _targets(targets_set, "PL")
+    if targets is None:
+        return {}, {}
     # proportion_localised fails outright on an image without anomalous pixels (VisionAD's run then loses
     # PL for every method). Small defects can vanish in the 256 px NEAREST resize (Magnetic-Tile has such
     # images), so we score PL over the images whose mask is non-empty and say how many were left out.
@@ -704,6 +276,33 @@ def resolve_metric_names(metric_names: Sequence[str] | str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _count_non_finite(values: Any) -> int:
+    """Number of items (first dimension) of ``values`` holding a NaN or infinite value."""
+    arr = values.detach().cpu() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    if not (arr.is_floating_point() or arr.is_complex()) or arr.numel() == 0:
+        return 0
+    if arr.ndim == 0:
+        return int(not torch.isfinite(arr))
+    return int((~torch.isfinite(arr.reshape(arr.shape[0], -1))).any(dim=1).sum())
+
+
+def _non_finite(group_set: Mapping[str, Any], prefix: str) -> dict[str, int]:
+    """``{method: number of non-finite maps (or scores) over both test sets}`` for the methods that have any."""
+    counts: dict[str, int] = {}
+    for split in ("regular", "novel"):
+        for method, values in dict(group_set.get(f"{prefix}_{split}", {})).items():
+            counts[method] = counts.get(method, 0) + _count_non_finite(values)
+    return {method: n for method, n in counts.items() if n}
+
+
+def _without(group_set: Mapping[str, Any], methods: Sequence[str]) -> dict[str, Any]:
+    """A shallow copy of a VisionAD ``*_set`` dict with ``methods`` removed from every split."""
+    return {
+        key: {m: v for m, v in value.items() if m not in methods} if isinstance(value, Mapping) else value
+        for key, value in group_set.items()
+    }
+
+
 def run_metrics(
     metric_names: Sequence[str] | str,
     heatmap_set: Mapping[str, Any],
@@ -712,6 +311,7 @@ def run_metrics(
     paths_set: Any,
     include_metric_data: bool = False,
     progress: bool = True,
+    pixel_labels: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Run VisionAD metrics on the output of ``ModelWrapper.test()``.
 
@@ -719,23 +319,49 @@ def run_metrics(
         metric_names: Names from :data:`METRICS`, or ``["all"]``.
         heatmap_set: ``{"heatmap_set_regular": {method: (M, 1, H, W)}, "heatmap_set_novel": {method: (N, 1, H, W)}}``.
         image_score_set: ``{"image_score_set_regular": {method: (M,)}, "image_score_set_novel": {method: (N,)}}``.
-        targets_set: ``{"targets_novel": (N, 1, H, W)}`` binary masks.
+        targets_set: ``{"targets_novel": (N, 1, H, W)}`` binary masks (unused when ``pixel_labels`` is False).
         paths_set: Passed through (VisionAD's signature).
         include_metric_data: Also return each metric's info dict under ``"metric_data"`` (VisionAD's
             ``save_metric_meta_data``).
         progress: Show a progress bar over the metrics.
+        pixel_labels: False for an image-level-only dataset: pixel metrics are reported as
+            :data:`NOT_COMPUTABLE_IMAGE_LEVEL`, not computed.
 
     Returns:
-        ``{metric: {"metric_results": {method: float}}}``; a method whose metric failed is logged and missing.
+        ``{metric: {"metric_results": {method: value}}}``: a float, or a string for a method that could not be
+        scored: ``"failed: non-finite values in N maps"`` (or ``N scores``), or
+        :data:`NOT_COMPUTABLE_IMAGE_LEVEL`. A method whose metric raised (as in VisionAD) is logged and missing.
 
     Raises:
         ValueError: An unknown metric name (checked before anything is computed).
     """
     names = resolve_metric_names(metric_names)
+    bad_maps = _non_finite(heatmap_set, "heatmap_set")
+    bad_scores = _non_finite(image_score_set, "image_score_set")
+    for method, n in bad_maps.items():
+        logger.error(
+            "Method %r: non-finite values (NaN or inf) in %d heatmaps: its pixel metrics fail", method, n
+        )
+    for method, n in bad_scores.items():
+        logger.error(
+            "Method %r: non-finite values (NaN or inf) in %d image scores: Imagewise_AUC fails", method, n
+        )
+    clean_maps = _without(heatmap_set, list(bad_maps))
+    clean_scores = _without(image_score_set, list(bad_scores))
+    map_methods = list(dict(heatmap_set.get("heatmap_set_novel", {})))
     out: dict[str, dict[str, Any]] = {}
     for name in tqdm(names, desc="metrics", disable=not progress, leave=False):
         start = time.perf_counter()
-        results, info = METRICS[name](heatmap_set, image_score_set, targets_set, paths_set)
+        is_pixel = name in PIXEL_METRICS
+        if is_pixel and not pixel_labels:
+            results: dict[str, Any] = dict.fromkeys(map_methods, NOT_COMPUTABLE_IMAGE_LEVEL)
+            info: dict[str, Any] = {}
+        else:
+            computed, info = METRICS[name](clean_maps, clean_scores, targets_set, paths_set)
+            results = dict(computed)
+            bad, unit = (bad_maps, "maps") if is_pixel else (bad_scores, "scores")
+            for method, n in bad.items():
+                results[method] = f"{FAILED_PREFIX}non-finite values in {n} {unit}"
         out[name] = {"metric_results": results}
         if include_metric_data:
             out[name]["metric_data"] = info
@@ -743,14 +369,33 @@ def run_metrics(
     return out
 
 
+def metric_failures(metric_results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``"<metric>/<method>: failed: ..."`` for every failed result of :func:`run_metrics`'s output."""
+    failures = []
+    for metric, item in metric_results.items():
+        values = item.get("metric_results", item) if isinstance(item, Mapping) else {}
+        for method, value in values.items():
+            if isinstance(value, str) and value.startswith(FAILED_PREFIX):
+                failures.append(f"{metric}/{method}: {value}")
+    return failures
+
+
 __all__ = [
+    "FAILED_PREFIX",
+    "PL_IMAGE_SIZE",
     "METRICS",
+    "NOT_COMPUTABLE_IMAGE_LEVEL",
+    "PIXEL_METRICS",
+    "ArrayLike",
+    "MetricFunction",
+    "MetricResult",
     "aupro",
     "aupro_thresholds",
     "aupro_with_info",
     "comparable_thresholds",
     "image_auroc",
     "imagewise_auc",
+    "metric_failures",
     "pixel_auroc",
     "pixelwise_aupro",
     "pixelwise_auc",
