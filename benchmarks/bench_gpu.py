@@ -63,6 +63,7 @@ def run_preset(preset: str, args: argparse.Namespace, backbone: str) -> dict[str
         backbone=backbone,
         coreset_size=args.coreset_size,
         feature_dim=args.feature_dim,
+        feature_aggregation="paper",  # WRN50's pipeline (the random-weight copy has another registry name)
         hfm=hfm,
         seed=args.seed,
         device=args.device,

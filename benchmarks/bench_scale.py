@@ -18,8 +18,8 @@ pruned passes used before issue 14, ...), and says whether each picks the same p
     PYTHONPATH=. nice -n 10 python benchmarks/bench_scale.py --compare_coreset 400 5000 \
         --algorithms lazy:1 lazy:2 pruned:1 --out benchmark_runs/scale/coreset_compare.md
 
-Defaults are the issue's setting: ``patchcore_plus`` with 1024-d patch vectors, p 3, s 1, euclidean, coreset
-25,000, 256 px. ``--backbone wideresnet50_random_benchmark`` (benchmark only) builds torchvision's
+Defaults are the issue's setting: ``patchcore_plus`` with 1024-d patch vectors (the paper's aggregation, which
+pools every backbone to ``--feature_dim``), p 3, s 1, euclidean, coreset 25,000, 256 px. ``--backbone wideresnet50_random_benchmark`` (benchmark only) builds torchvision's
 WideResNet-50-2 (layer2 512 + layer3 1024 channels) with random weights, for WRN50-sized features without
 the ImageNet file (``scale_data.register_random_wrn50``).
 """
@@ -81,6 +81,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         distance=args.distance,
         coreset_size=args.coreset_size,
         feature_dim=args.feature_dim,
+        feature_aggregation=args.feature_aggregation,
         backbone=register_random_wrn50() if args.backbone == RANDOM_WRN50 else args.backbone,
         device=args.device,
         progress=False,
@@ -145,6 +146,7 @@ def compare_coreset(args: argparse.Namespace) -> str:
         stride=args.stride,
         distance=args.distance,
         feature_dim=args.feature_dim,
+        feature_aggregation=args.feature_aggregation,
         backbone=register_random_wrn50() if args.backbone == RANDOM_WRN50 else args.backbone,
         progress=False,
     )
@@ -213,6 +215,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image_size", type=int, default=256)
     p.add_argument("--backbone", default="efficientnet_lite0", help=f"a registry name or {RANDOM_WRN50}")
     p.add_argument("--feature_dim", type=int, default=1024)
+    p.add_argument(
+        "--feature_aggregation",
+        default="paper",
+        help="patch pipeline; 'paper' pools to the full --feature_dim for any backbone (the issue's 1024-d "
+        "setting); 'auto' would give Lite0 its 152-d local_mean_equal vectors",
+    )
     p.add_argument("--patch_size", type=int, default=3)
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--distance", default="euclidean")
@@ -246,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         if args.out is not None:
             meta = f"Command: `{command}`\n\nMachine: {platform.platform()}, {os.cpu_count()} CPUs, load average "
-            meta += f"at the end {os.getloadavg()[0]:.1f}; backbone {args.backbone}, {args.feature_dim}-d.\n"
+            meta += f"at the end {os.getloadavg()[0]:.1f}; backbone {args.backbone}, {args.feature_dim}-d ({args.feature_aggregation} aggregation).\n"
             atomic_write_text(args.out, f"{meta}\n{text}\n")
         return 0
     records = []
@@ -272,7 +280,7 @@ def write_table(records: list[dict[str, Any]], args: argparse.Namespace, command
         meta = (
             f"Command: `{command}`\n\nMachine: {platform.platform()}, {os.cpu_count()} CPUs, torch "
             f"{torch.__version__}; {'GPU ' + torch.cuda.get_device_name() if cuda else 'CPU only'}; load "
-            f"average at the end {os.getloadavg()[0]:.1f}. Settings: backbone {args.backbone}, {args.feature_dim}-d, "
+            f"average at the end {os.getloadavg()[0]:.1f}. Settings: backbone {args.backbone}, {args.feature_dim}-d ({args.feature_aggregation}), "
             f"p {args.patch_size}, s {args.stride}, {args.distance}, coreset {args.coreset_size:,}, "
             f"{args.image_size} px, bank {args.bank_dtype} / {args.bank_storage}. Times exclude image decoding.\n"
         )

@@ -1,8 +1,9 @@
-"""The step every ensemble of Patchcore+ predictors takes before fusing, shared by MultiCore and the coverage
-search (:mod:`visionad_multicore.selection`): one backbone pass per image whatever the number of members
-(:class:`LayerMaps`), memory banks fitted from those maps, each member's heatmaps of an image set
-(:func:`member_heatmaps`), and the per-member normalisation statistics of clean heatmaps
-(:func:`normalisation_stats`: mean and std over every pixel, the std floored at :data:`STD_FLOOR`).
+"""What every ensemble of Patchcore+ predictors computes before fusing, for MultiCore and the coverage search
+(:mod:`visionad_multicore.selection`): the per-member normalisation statistics of clean heatmaps
+(:func:`normalisation_stats`: mean and std over every pixel, the std floored at :data:`STD_FLOOR`), and, for the
+search, which scores 48 candidates on the same images, one kept backbone pass per image (:class:`LayerMaps`)
+and each member's heatmaps of an image set from it (:func:`member_heatmaps`). MultiCore does not keep layer
+maps: its banks are streamed (:meth:`PatchCorePlus.add_to_bank`).
 """
 
 from __future__ import annotations
