@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
+import visionad_multicore.fusion.train as train_module
 from visionad_multicore.auroc import OneClassError
 from visionad_multicore.fusion.train import MEAN_EPOCH, HFMTrainConfig, HFMTrainer
 from visionad_multicore.fusion.validation import (
     ValidationData,
+    ValidationResult,
     evaluate_maps,
     pixel_ap_pieces,
     pixel_average_precision,
@@ -184,6 +187,34 @@ def test_a_weak_member_is_left_out_of_the_mean() -> None:
     result, confidence = trainer.subset_validation[(0,)]
     assert result.aupro > trainer.mean_validation.aupro and confidence >= config.selection_confidence
     assert trainer.selection_label() == "mean_of:member0"
+
+
+def test_a_subset_worse_on_another_validation_score_is_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Member 0 alone wins on AUPRO, but if its pixel AP (or pixel AUROC) fell below the mean's beyond
+    ``pixel_tolerance`` it would trade one test metric for another: the full mean stays."""
+    validation = _validation()
+    config = HFMTrainConfig(**{**CONFIG.to_dict(), "member_subsets": True})
+    mean = HFMTrainer(2, config, validation, progress=False).mean_validation
+    real = train_module.evaluate_maps
+    member0 = validation.maps[:, [0]].float()
+
+    def member0_scores(field: str, value: float) -> None:
+        def fake(fused: torch.Tensor, masks: torch.Tensor, nominal: torch.Tensor) -> ValidationResult:
+            result = real(fused, masks, nominal)
+            return dataclasses.replace(result, **{field: value}) if torch.equal(fused, member0) else result
+
+        monkeypatch.setattr(train_module, "evaluate_maps", fake)
+
+    for field, name in (("pixel_ap", "pixel AP"), ("pixel_auroc", "pixel AUROC")):
+        member0_scores(field, getattr(mean, field) - 0.01)
+        trainer = HFMTrainer(2, config, validation, progress=False)
+        assert trainer.mean_selected and trainer.selected_subset is None
+        result, confidence = trainer.subset_validation[(0,)]
+        assert result.aupro > mean.aupro and math.isnan(confidence)
+        assert trainer._guard_failures(result) == [name]
+        # within pixel_tolerance (0.005) of the mean the subset is taken
+        member0_scores(field, getattr(mean, field) - 0.004)
+        assert HFMTrainer(2, config, validation, progress=False).selected_subset == (0,)
 
 
 def test_equally_good_members_keep_the_full_mean() -> None:

@@ -92,7 +92,10 @@ class WrapperMultiCore(ModelWrapper):
         validation_fraction: Share of ``synthetic_size`` made as the validation set (own masks and seed).
         selection_metric: ``aupro`` (default), ``pixel_ap``, ``pixel_auroc`` or ``loss`` on the validation set.
         selection_margin: How much a trained epoch must beat the ensemble mean by to be used as ``multicore``.
-        image_auroc_tolerance: Largest drop of the validation image AUROC below the mean's a chosen epoch may have.
+        image_auroc_tolerance: Largest drop of the validation image AUROC below the mean's a chosen epoch or member
+            subset may have.
+        pixel_tolerance: Largest drop of the validation pixel AUROC and pixel AP below the mean's a chosen epoch
+            or member subset may have.
         heatmap_size: Side of the square maps returned (VisionAD scores 256 x 256 maps; the image scores are
             taken before any resize); ``None`` keeps the input size.
         feature_batch_size: Images per backbone pass during preparation.
@@ -138,6 +141,7 @@ class WrapperMultiCore(ModelWrapper):
         selection_metric: str = "aupro",
         selection_margin: float = 0.0,
         image_auroc_tolerance: float = 0.01,
+        pixel_tolerance: float = 0.005,
         heatmap_size: int | None = 256,
         feature_batch_size: int = 8,
         cache_dtype: str = "float16",
@@ -177,6 +181,7 @@ class WrapperMultiCore(ModelWrapper):
             selection_metric=selection_metric,
             selection_margin=selection_margin,
             image_auroc_tolerance=image_auroc_tolerance,
+            pixel_tolerance=pixel_tolerance,
             seed=seed,
         )
         self.params = {
@@ -211,6 +216,7 @@ class WrapperMultiCore(ModelWrapper):
             "selection_metric": selection_metric,
             "selection_margin": float(selection_margin),
             "image_auroc_tolerance": float(image_auroc_tolerance),
+            "pixel_tolerance": float(pixel_tolerance),
             "heatmap_size": None if heatmap_size is None else int(heatmap_size),
             "feature_batch_size": int(feature_batch_size),
             "cache_dtype": cache_dtype,
