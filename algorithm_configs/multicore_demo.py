@@ -10,8 +10,9 @@ a 1,000-patch coreset, patch features by local averaging with equal layer weight
 160 synthetic images (SSA schema with K = 60): 120 training anomalies of the `mixed` content (noise,
 cut-paste, texture, blur, colour) and a separate validation set of 40 `subtle` ones, the HFM at 64 x 64
 (work_size; the maps are smooth, so little is lost) with Adam lr 1e-3 (the paper's RMSprop 1e-5 / 0.999 needs
-hundreds of epochs), batch 8, 10 HFM epochs. `multicore` is the ensemble mean unless a trained epoch beats it
-on the validation set (AUPRO, with an image-AUROC guard); never on test. Every evaluation reports `multicore`,
+hundreds of epochs), batch 8, 10 HFM epochs. `multicore` is the ensemble mean unless a trained epoch or a
+member subset beats it on the validation set (AUPRO, without losing image AUROC, pixel AUROC or pixel AP);
+never on test. Every evaluation reports `multicore`,
 `multicore_hfm` (the best trained epoch), `ensemble_mean` and both members side by side.
 """
 

