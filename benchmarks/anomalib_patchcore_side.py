@@ -13,8 +13,10 @@ timm's classifier model carrying the weights to use). Output: a ``torch.save`` f
 from __future__ import annotations
 
 import argparse
+import random
 import time
 
+import numpy as np
 import torch
 
 
@@ -37,6 +39,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    # anomalib's coreset projection draws its column indices with scikit-learn's sample_without_replacement
+    # (random_state=None: NumPy's global generator); unseeded, its results change from run to run
+    np.random.seed(args.seed)  # noqa: NPY002 (the global generator is what scikit-learn draws from)
+    random.seed(args.seed)
     data = torch.load(args.inputs, weights_only=True)
     model = PatchcoreModel(
         layers=list(args.layers), backbone=args.backbone, pre_trained=False, num_neighbors=args.num_neighbors
