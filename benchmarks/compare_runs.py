@@ -11,23 +11,21 @@ committed config reproduces its numbers, e.g. after a refactor:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
+from visionad_multicore.reporting.results import read_epoch_dir
 
-def numeric_metrics(data_json: Path) -> dict[tuple[str, str], float]:
-    """``(metric, method) -> value`` of a ``data.json`` (values that are not numbers are left out)."""
-    metrics = json.loads(data_json.read_text())["metrics"]
-    out = {}
-    for metric, by_method in metrics.items():
-        if not isinstance(by_method, dict):
-            continue
-        for method, value in by_method.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[(metric, method)] = float(value)
-    return out
+
+def numeric_metrics(epoch_dir: Path) -> dict[tuple[str, str], float]:
+    """``(metric, method) -> value`` of an epoch folder, read as the leaderboard reads it
+    (:func:`~visionad_multicore.reporting.results.read_epoch_dir`: values that are not numbers left out)."""
+    warnings: list[str] = []
+    epoch = read_epoch_dir(epoch_dir, warnings)
+    if epoch is None:
+        raise SystemExit(f"{epoch_dir}: unreadable ({'; '.join(warnings)})")
+    return {(metric, method): v for metric, values in epoch.metrics.items() for method, v in values.items()}
 
 
 def compare(first: Path, second: Path) -> tuple[list[str], float]:
@@ -38,7 +36,7 @@ def compare(first: Path, second: Path) -> tuple[list[str], float]:
         b = second / rel
         if not b.is_file():
             continue
-        va, vb = numeric_metrics(a), numeric_metrics(b)
+        va, vb = numeric_metrics(a.parent), numeric_metrics(b.parent)
         shared = sorted(set(va) & set(vb))
         diffs = [0.0 if math.isnan(va[k]) and math.isnan(vb[k]) else abs(va[k] - vb[k]) for k in shared]
         pair_worst = max(diffs, default=0.0)

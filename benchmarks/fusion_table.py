@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from visionad_multicore.atomic import atomic_write_text
+from visionad_multicore.reporting.results import EpochResult, scan_results
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("Imagewise_AUC", "Pixelwise_AUC", "Pixelwise_AUPRO", "PL")
@@ -53,27 +54,24 @@ def _rows_from_records(folder: Path) -> list[dict[str, Any]]:
 
 def _rows_from_results(run_dir: Path) -> list[dict[str, Any]]:
     """Rows from a runner results folder: the last evaluated epoch of every multicore (model, dataset) pair."""
+    last: dict[Path, EpochResult] = {}
+    for epoch in scan_results([run_dir]).epochs:
+        if epoch.algorithm == "multicore" and epoch.epoch >= last.get(epoch.dataset_dir, epoch).epoch:
+            last[epoch.dataset_dir] = epoch
     rows = []
-    for data_json in sorted(run_dir.glob("multicore_*/*/*/data.json")):
-        pair = data_json.parent.parent
-        epochs = sorted(
-            (p for p in pair.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
-        )
-        if data_json.parent != epochs[-1]:
-            continue
-        data = json.loads(data_json.read_text())
+    for pair, epoch in sorted(last.items()):
         history = next(pair.glob("*/model/hfm_history.json"), None)
-        metrics = {m: data["metrics"][m] for m in METRICS if m in data["metrics"]}
+        metrics = {m: epoch.metrics[m] for m in METRICS if m in epoch.metrics}
         if history:
             multicore_is = json.loads(history.read_text())["multicore_is"]
         elif all(metrics[m]["multicore"] == metrics[m]["ensemble_mean"] for m in metrics):
             multicore_is = "ensemble_mean (same metrics; model not saved)"
         else:
             multicore_is = "see the run log (model not saved)"
-        params = data["model_params"]
+        params = epoch.model_params
         preset = params.split("'preset': '")[1].split("'")[0] if "'preset': '" in params else "?"
         rows.append(
-            {"set": data["dataset"], "ensemble": preset, "metrics": metrics, "multicore_is": multicore_is}
+            {"set": epoch.dataset, "ensemble": preset, "metrics": metrics, "multicore_is": multicore_is}
         )
     return rows
 
