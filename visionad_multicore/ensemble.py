@@ -52,6 +52,7 @@ from visionad_multicore.fusion.train import (
     build_unet,
 )
 from visionad_multicore.fusion.unet import UNet
+from visionad_multicore.fusion.validation import map_image_scores
 from visionad_multicore.member_maps import normalisation_stats
 from visionad_multicore.patchcore.backbone import build_backbone
 from visionad_multicore.patchcore.bank import MemoryBudget
@@ -86,11 +87,11 @@ class MultiCoreOutput:
     Attributes:
         fused: ``(N, H, W)`` the ``multicore`` method: the HFM's map, or the ensemble mean when no trained
             epoch beat it on validation.
-        fused_scores: ``(N,)`` max of ``fused``.
+        fused_scores: ``(N,)`` image scores of ``fused`` (``hfm.image_score_top``: top-share mean).
         hfm: ``(N, H, W)`` the best trained epoch's map (``multicore_hfm``), whether chosen or not.
-        hfm_scores: ``(N,)`` max of ``hfm``.
+        hfm_scores: ``(N,)`` image scores of ``hfm``, the same way.
         mean: Mean of the normalised member maps ``(N, H, W)``; the ``ensemble_mean`` method.
-        mean_scores: ``(N,)`` max of ``mean``.
+        mean_scores: ``(N,)`` image scores of ``mean``, the same way.
         member_heatmaps: Member key -> that member's own (unnormalised) heatmaps ``(N, H, W)``.
         member_scores: Member key -> that member's image scores ``(N,)``.
     """
@@ -277,7 +278,8 @@ class MultiCore:
         """Turn :meth:`get_params`' output back into constructor arguments."""
         out = {"knn_backend": "auto", **params}  # states saved before knn_backend existed
         out["ssa"] = SSAConfig.from_dict(out["ssa"])
-        out["hfm"] = HFMTrainConfig.from_dict(out["hfm"])
+        # states saved before image_score_top existed scored a fused map by its maximum
+        out["hfm"] = HFMTrainConfig.from_dict({"image_score_top": 0.0, **out["hfm"]})
         return out
 
     def _make_member(self, spec: PredictorSpec, index: int) -> PatchCorePlus:
@@ -646,13 +648,14 @@ class MultiCore:
         else:
             fused = self._apply(self.fusion_, normalised)
         mean, raw = mean.cpu(), raw.cpu()
+        top = self.hfm.image_score_top
         return MultiCoreOutput(
             fused=fused,
-            fused_scores=fused.amax(dim=(1, 2)),
+            fused_scores=map_image_scores(fused, top),
             hfm=hfm,
-            hfm_scores=hfm.amax(dim=(1, 2)),
+            hfm_scores=map_image_scores(hfm, top),
             mean=mean,
-            mean_scores=mean.amax(dim=(1, 2)),
+            mean_scores=map_image_scores(mean, top),
             member_heatmaps={key: raw[:, i] for i, key in enumerate(self.member_keys)},
             member_scores={
                 key: torch.as_tensor(v).float().cpu() for key, v in zip(self.member_keys, member_scores)

@@ -18,6 +18,7 @@ from visionad_multicore.fusion.validation import (
     ValidationData,
     ValidationResult,
     evaluate_maps,
+    map_image_scores,
     pixel_ap_pieces,
     pixel_average_precision,
     weighted_pixel_ap,
@@ -81,6 +82,27 @@ def test_binned_pixel_ap_pieces_resample_like_repeated_images() -> None:
     repeated = torch.from_numpy(np.repeat(np.arange(5), weights))
     expected = average_precision_score(masks[repeated].flatten().numpy(), maps[repeated].flatten().numpy())
     assert weighted_pixel_ap(pieces, weights)[0] == pytest.approx(expected, abs=2e-3)
+
+
+def test_map_image_scores_top_share_mean() -> None:
+    maps = torch.zeros(2, 1, 10, 10)
+    maps[0, 0, 0, 0] = 9.0  # one bright speck
+    maps[1, 0, 2:4, 2:7] = 3.0  # a 10-pixel region
+    torch.testing.assert_close(map_image_scores(maps), torch.tensor([9.0, 3.0]))  # 0: the maximum
+    torch.testing.assert_close(
+        map_image_scores(maps, 0.1), torch.tensor([0.9, 3.0])
+    )  # mean of the top 10 pixels
+    torch.testing.assert_close(map_image_scores(maps, 0.001), torch.tensor([9.0, 3.0]))  # at least one pixel
+    with pytest.raises(ValueError, match="top_fraction"):
+        map_image_scores(maps, 1.0)
+    with pytest.raises(ValueError, match="image_score_top"):
+        HFMTrainConfig(image_score_top=-0.1)
+    # evaluate_maps ranks images by the same score: the speck no longer outranks the region
+    masks = torch.zeros(2, 1, 10, 10, dtype=torch.bool)
+    masks[1, 0, 2:4, 2:7] = True
+    nominal = maps[:1]
+    assert evaluate_maps(maps[1:], masks[1:], nominal).image_auroc == 0.0
+    assert evaluate_maps(maps[1:], masks[1:], nominal, image_score_top=0.1).image_auroc == 1.0
 
 
 def test_evaluate_maps_against_independent_references() -> None:
@@ -199,8 +221,10 @@ def test_a_subset_worse_on_another_validation_score_is_not_taken(monkeypatch: py
     member0 = validation.maps[:, [0]].float()
 
     def member0_scores(field: str, value: float) -> None:
-        def fake(fused: torch.Tensor, masks: torch.Tensor, nominal: torch.Tensor) -> ValidationResult:
-            result = real(fused, masks, nominal)
+        def fake(
+            fused: torch.Tensor, masks: torch.Tensor, nominal: torch.Tensor, top: float
+        ) -> ValidationResult:
+            result = real(fused, masks, nominal, top)
             return dataclasses.replace(result, **{field: value}) if torch.equal(fused, member0) else result
 
         monkeypatch.setattr(train_module, "evaluate_maps", fake)

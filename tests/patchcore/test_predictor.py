@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from visionad_multicore.patchcore import predictor as predictor_module
 from visionad_multicore.patchcore.backbone import IMAGENET_MEAN, IMAGENET_STD
 from visionad_multicore.patchcore.predictor import PatchCorePlus, Prediction, gaussian_smooth
 
@@ -35,8 +36,13 @@ def fitted(tiny_mvtec: Path) -> tuple[PatchCorePlus, torch.Tensor, torch.Tensor]
     return model, test, train
 
 
+@pytest.mark.parametrize("path", ["matrix", "convolution"])
 @pytest.mark.parametrize("shape", [(2, 40, 40), (1, 64, 48), (1, 10, 12)])
-def test_smoothing_matches_scipy(shape: tuple[int, int, int]) -> None:
+def test_smoothing_matches_scipy(
+    shape: tuple[int, int, int], path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if path == "convolution":
+        monkeypatch.setattr(predictor_module, "MATRIX_SMOOTH_MAX", 0)
     maps = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     ours = gaussian_smooth(maps, 4.0)
     ref = np.stack([ndimage.gaussian_filter(m, sigma=4) for m in maps.numpy()])

@@ -96,6 +96,8 @@ class WrapperMultiCore(ModelWrapper):
             subset may have.
         pixel_tolerance: Largest drop of the validation pixel AUROC and pixel AP below the mean's a chosen epoch
             or member subset may have.
+        image_score_top: Image score of ``multicore``, ``multicore_hfm`` and ``ensemble_mean``: the mean of the
+            map's highest ``image_score_top`` share of pixels (default 1 %; 0: the maximum, the paper's).
         heatmap_size: Side of the square maps returned (VisionAD scores 256 x 256 maps; the image scores are
             taken before any resize); ``None`` keeps the input size.
         feature_batch_size: Images per backbone pass during preparation.
@@ -142,6 +144,7 @@ class WrapperMultiCore(ModelWrapper):
         selection_margin: float = 0.0,
         image_auroc_tolerance: float = 0.01,
         pixel_tolerance: float = 0.005,
+        image_score_top: float = 0.01,
         heatmap_size: int | None = 256,
         feature_batch_size: int = 8,
         cache_dtype: str = "float16",
@@ -182,6 +185,7 @@ class WrapperMultiCore(ModelWrapper):
             selection_margin=selection_margin,
             image_auroc_tolerance=image_auroc_tolerance,
             pixel_tolerance=pixel_tolerance,
+            image_score_top=image_score_top,
             seed=seed,
         )
         self.params = {
@@ -217,6 +221,7 @@ class WrapperMultiCore(ModelWrapper):
             "selection_margin": float(selection_margin),
             "image_auroc_tolerance": float(image_auroc_tolerance),
             "pixel_tolerance": float(pixel_tolerance),
+            "image_score_top": float(image_score_top),
             "heatmap_size": None if heatmap_size is None else int(heatmap_size),
             "feature_batch_size": int(feature_batch_size),
             "cache_dtype": cache_dtype,
@@ -336,6 +341,9 @@ class WrapperMultiCore(ModelWrapper):
             )
         params = self.load_params(location)
         params.setdefault("feature_aggregation", "paper")  # saved before the option existed
+        params.setdefault(
+            "image_score_top", 0.0
+        )  # saved before it existed: fused maps scored by their maximum
         if kwargs.get("device") is not None:
             params["device"] = str(kwargs["device"])
         self.__init__(**params)  # type: ignore[misc]

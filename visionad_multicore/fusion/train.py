@@ -123,6 +123,9 @@ class HFMTrainConfig:
             more than this is not a candidate.
         pixel_tolerance: A trained epoch or subset whose validation pixel AUROC or pixel AP is below the mean's
             by more than this is not a candidate (the selection metric itself must rise).
+        image_score_top: Image score of a fused map (``multicore``, ``multicore_hfm``, ``ensemble_mean`` and in
+            validation): the mean of its highest ``image_score_top`` share of pixels (0: the maximum, as the
+            paper; see :func:`~visionad_multicore.fusion.validation.map_image_scores`).
         seed: Seed of the UNet initialisation and the batch order.
     """
 
@@ -150,6 +153,7 @@ class HFMTrainConfig:
     selection_confidence: float = 0.9
     image_auroc_tolerance: float = 0.01
     pixel_tolerance: float = 0.005
+    image_score_top: float = 0.01
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -181,6 +185,8 @@ class HFMTrainConfig:
                 f"HFMTrainConfig.work_size must be None or >= 2 ** unet_depth = {2**self.unet_depth}, "
                 f"got {self.work_size}"
             )
+        if not 0.0 <= self.image_score_top < 1.0:
+            raise ValueError(f"HFMTrainConfig.image_score_top must be in [0, 1), got {self.image_score_top}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(
                 f"HFMTrainConfig.validation_fraction must be in (0, 1), got {self.validation_fraction}"
@@ -404,7 +410,10 @@ class HFMTrainer:
         self.member_names = list(names)
         self.member_validation = {
             name: evaluate_maps(
-                validation.maps[:, i : i + 1], validation.masks, validation.nominal[:, i : i + 1]
+                validation.maps[:, i : i + 1],
+                validation.masks,
+                validation.nominal[:, i : i + 1],
+                config.image_score_top,
             )
             for i, name in enumerate(names)
         }
@@ -451,7 +460,8 @@ class HFMTrainer:
         for subset in tqdm(subsets, desc="Member subsets", leave=False, disable=not self.progress):
             idx = list(subset)
             fused = v.maps[:, idx].float().mean(dim=1, keepdim=True)
-            result = evaluate_maps(fused, v.masks, v.nominal[:, idx].float().mean(dim=1, keepdim=True))
+            nominal = v.nominal[:, idx].float().mean(dim=1, keepdim=True)
+            result = evaluate_maps(fused, v.masks, nominal, c.image_score_top)
             value = result.value(c.selection_metric)
             confidence = math.nan
             if value > mean_value + c.selection_margin and not self._guard_failures(result):
@@ -475,7 +485,8 @@ class HFMTrainer:
         """Validation scores of a module and its fused maps of the validation items ``(V, 1, H, W)``."""
         v = self.validation
         fused = fuse_maps(model, v.maps)
-        return evaluate_maps(fused, v.masks, fuse_maps(model, v.nominal)), fused
+        nominal = fuse_maps(model, v.nominal)
+        return evaluate_maps(fused, v.masks, nominal, self.config.image_score_top), fused
 
     def _pieces(self, fused: Tensor) -> tuple[np.ndarray, ...] | None:
         """Per-image pieces of the selection metric on fused validation maps (None if not resampleable).
