@@ -86,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no_progress", action="store_true")
     p.add_argument(
+        "--dump",
+        type=Path,
+        default=None,
+        help="also save the members' raw test maps and scores, the normalisation statistics and the validation "
+        "set (float16, .pt) for offline studies of fusion rules (e.g. benchmarks/fusion_rules.py)",
+    )
+    p.add_argument(
         "--hfm_threads",
         type=int,
         default=0,
@@ -146,6 +153,34 @@ def evaluate_subset(sub: MultiCore, outputs: tuple) -> dict[str, dict[str, float
         new_scores[f"image_score_set_{split}"] = {m: torch.cat([p[1][m] for p in parts]) for m in parts[0][1]}
     results = run_metrics(METRICS, new_heatmaps, new_scores, targets_set, paths_set, progress=False)
     return {m: dict(r["metric_results"]) for m, r in results.items()}
+
+
+def dump_member_maps(model: MultiCore, outputs: tuple, path: Path) -> None:
+    """Write what a fusion rule needs to be re-scored offline: raw member maps and scores of the test images,
+    the clean fusion-share maps and the synthetic validation set (both normalised), the statistics."""
+    heatmap_set, score_set, targets_set, _ = outputs
+    assert model._data is not None and model.stats_mean_ is not None
+    record: dict[str, Any] = {
+        "member_keys": model.member_keys,
+        "stats_mean": model.stats_mean_,
+        "stats_std": model.stats_std_,
+        "targets_novel": torch.as_tensor(targets_set["targets_novel"]).bool(),
+        "validation_maps": model._data.validation.maps.half(),
+        "validation_masks": model._data.validation.masks,
+        "clean_maps": model._data.validation.nominal.half(),
+    }
+    for split in ("regular", "novel"):
+        maps = heatmap_set[f"heatmap_set_{split}"]
+        scores = score_set[f"image_score_set_{split}"]
+        record[f"test_maps_{split}"] = torch.stack(
+            [torch.as_tensor(maps[k]).flatten(0, -3) for k in model.member_keys], dim=1
+        )  # (N, M, H, W) raw member maps, float32
+        record[f"test_scores_{split}"] = torch.stack(
+            [torch.as_tensor(scores[k]).float() for k in model.member_keys], dim=1
+        )  # (N, M)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(record, path)
+    print(f"member maps written to {path}")
 
 
 def history_of(model: MultiCore) -> dict[str, Any]:
@@ -268,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         f"evaluation {eval_seconds:.0f} s); load average {os.getloadavg()}"
     )
     print_history(history)
+    if args.dump is not None:
+        dump_member_maps(algo.model, outputs, args.dump)
 
     # sub-ensembles (e.g. MC2 inside MC4): their own HFM, trained before their outputs are computed from the
     # member maps of the test pass above (the HFM never sees those maps while training)
