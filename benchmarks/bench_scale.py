@@ -288,7 +288,6 @@ def write_table(records: list[dict[str, Any]], args: argparse.Namespace, command
         atomic_write_text(
             args.out.with_suffix(".json"), json.dumps({"command": command, "records": records}, indent=1)
         )
-    return 0
 
 
 if __name__ == "__main__":

@@ -201,7 +201,8 @@ def main() -> int:
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
     args = parser.parse_args()
     if args.compare:
-        return compare(*args.compare, out=args.out)
+        before, after = args.compare
+        return compare(before, after, out=args.out)
     record = run(args)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -108,8 +108,8 @@ def build(rows: list[dict[str, Any]]) -> str:
     lines.append("")
     lines.append("| mean over the rows | " + " | ".join(SHORT) + " |")
     lines.append("|---|" + "---|" * len(SHORT))
-    for name, values in sums.items():
-        lines.append(f"| {name} | " + " | ".join(f"{values[m]:.4f}" for m in METRICS) + " |")
+    for name, averages in sums.items():
+        lines.append(f"| {name} | " + " | ".join(f"{averages[m]:.4f}" for m in METRICS) + " |")
     lines.append("")
     lines.append(f"multicore was the plain ensemble mean in {mean_chosen} of {len(rows)} rows.")
     lines.append(
