@@ -97,7 +97,7 @@ class WrapperMultiCore(ModelWrapper):
         pixel_tolerance: Largest drop of the validation pixel AUROC and pixel AP below the mean's a chosen epoch
             or member subset may have.
         image_score_top: Image score of ``multicore``, ``multicore_hfm`` and ``ensemble_mean``: the mean of the
-            map's highest ``image_score_top`` share of pixels (default 1 %; 0: the maximum, the paper's).
+            map's highest ``image_score_top`` share of pixels (default 0.1 %; 0: the maximum, the paper's).
         heatmap_size: Side of the square maps returned (VisionAD scores 256 x 256 maps; the image scores are
             taken before any resize); ``None`` keeps the input size.
         feature_batch_size: Images per backbone pass during preparation.
@@ -144,7 +144,7 @@ class WrapperMultiCore(ModelWrapper):
         selection_margin: float = 0.0,
         image_auroc_tolerance: float = 0.01,
         pixel_tolerance: float = 0.005,
-        image_score_top: float = 0.01,
+        image_score_top: float = 0.001,
         heatmap_size: int | None = 256,
         feature_batch_size: int = 8,
         cache_dtype: str = "float16",

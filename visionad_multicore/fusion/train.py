@@ -153,7 +153,7 @@ class HFMTrainConfig:
     selection_confidence: float = 0.9
     image_auroc_tolerance: float = 0.01
     pixel_tolerance: float = 0.005
-    image_score_top: float = 0.01
+    image_score_top: float = 0.001
     seed: int = 0
 
     def __post_init__(self) -> None:
