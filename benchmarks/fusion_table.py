@@ -38,6 +38,7 @@ def _rows_from_records(folder: Path) -> list[dict[str, Any]]:
                 "ensemble": record["model_params"]["preset"],
                 "metrics": record["metrics"],
                 "multicore_is": record.get("multicore_is", "?"),
+                "score": _share(record["model_params"].get("image_score_top", 0.0)),
             }
         )
         for name, sub in record.get("subsets", {}).items():
@@ -47,9 +48,15 @@ def _rows_from_records(folder: Path) -> list[dict[str, Any]]:
                     "ensemble": name,
                     "metrics": sub["metrics"],
                     "multicore_is": sub.get("multicore_is", "?"),
+                    "score": _share(record["model_params"].get("image_score_top", 0.0)),
                 }
             )
     return rows
+
+
+def _share(value: float | None) -> str:
+    """How the fused maps were scored: ``max`` or ``top X %`` (``image_score_top``)."""
+    return "max" if not value else f"top {100 * float(value):g} %"
 
 
 def _rows_from_results(run_dir: Path) -> list[dict[str, Any]]:
@@ -70,8 +77,18 @@ def _rows_from_results(run_dir: Path) -> list[dict[str, Any]]:
             multicore_is = "see the run log (model not saved)"
         params = epoch.model_params
         preset = params.split("'preset': '")[1].split("'")[0] if "'preset': '" in params else "?"
+        share = None
+        saved_params = next(pair.glob("*/model/model_params.json"), None)
+        if saved_params:  # the model's own record of its settings
+            share = json.loads(saved_params.read_text()).get("image_score_top")
         rows.append(
-            {"set": epoch.dataset, "ensemble": preset, "metrics": metrics, "multicore_is": multicore_is}
+            {
+                "set": epoch.dataset,
+                "ensemble": preset,
+                "metrics": metrics,
+                "multicore_is": multicore_is,
+                "score": "?" if share is None else _share(share),
+            }
         )
     return rows
 
@@ -83,7 +100,7 @@ def _best_member(metrics: dict[str, dict[str, float]]) -> str:
 
 def build(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| set | ensemble | multicore is | method | " + " | ".join(SHORT) + " |",
+        "| set | ensemble | image score | multicore is | method | " + " | ".join(SHORT) + " |",
         "|---|---|---|---|" + "---|" * len(SHORT),
     ]
     failures, sums = [], {k: {m: 0.0 for m in METRICS} for k in ("multicore", "best_member", "ensemble_mean")}
@@ -94,7 +111,9 @@ def build(rows: list[dict[str, Any]]) -> str:
         for method in (*FIXED, best):
             label = method if method in FIXED else f"best member ({method})"
             values = " | ".join(f"{metrics[m][method]:.4f}" for m in METRICS)
-            lines.append(f"| {row['set']} | {row['ensemble']} | {row['multicore_is']} | {label} | {values} |")
+            lines.append(
+                f"| {row['set']} | {row['ensemble']} | {row['score']} | {row['multicore_is']} | {label} | {values} |"
+            )
         for metric in METRICS[1:]:
             if metrics[metric]["multicore"] < metrics[metric]["ensemble_mean"]:
                 failures.append(f"{row['set']} {row['ensemble']}: {metric} below the mean")
