@@ -101,7 +101,7 @@ def _best_member(metrics: dict[str, dict[str, float]]) -> str:
 def build(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| set | ensemble | image score | multicore is | method | " + " | ".join(SHORT) + " |",
-        "|---|---|---|---|" + "---|" * len(SHORT),
+        "|---|---|---|---|---|" + "---|" * len(SHORT),
     ]
     failures, sums = [], {k: {m: 0.0 for m in METRICS} for k in ("multicore", "best_member", "ensemble_mean")}
     mean_chosen = 0
