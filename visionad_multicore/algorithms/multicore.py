@@ -341,9 +341,8 @@ class WrapperMultiCore(ModelWrapper):
             )
         params = self.load_params(location)
         params.setdefault("feature_aggregation", "paper")  # saved before the option existed
-        params.setdefault(
-            "image_score_top", 0.0
-        )  # saved before it existed: fused maps scored by their maximum
+        # saved before image_score_top existed: fused maps scored by their maximum
+        params.setdefault("image_score_top", 0.0)
         if kwargs.get("device") is not None:
             params["device"] = str(kwargs["device"])
         self.__init__(**params)  # type: ignore[misc]

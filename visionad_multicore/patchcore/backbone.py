@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -139,14 +140,15 @@ def fold_batchnorms(body: nn.Module, example: torch.Tensor) -> int:
     Returns:
         Number of BatchNorm layers folded.
     """
-    produced_by: dict[int, nn.Conv2d] = {}
+    # keyed by id, holding the output itself: a kept tensor's id cannot be reused by a later tensor
+    produced_by: dict[int, tuple[nn.Conv2d, torch.Tensor]] = {}
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
 
     def record(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if isinstance(module, nn.Conv2d):
-            produced_by[id(output)] = module
+            produced_by[id(output)] = (module, output)
         elif isinstance(module, nn.BatchNorm2d) and id(inputs[0]) in produced_by:
-            pairs.append((produced_by[id(inputs[0])], module))
+            pairs.append((produced_by[id(inputs[0])][0], module))
 
     hooks = [
         m.register_forward_hook(record) for m in body.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
@@ -160,10 +162,10 @@ def fold_batchnorms(body: nn.Module, example: torch.Tensor) -> int:
     parent_of = {
         id(child): (parent, name) for parent in body.modules() for name, child in parent.named_children()
     }
-    convs_used = [id(conv) for conv, _ in pairs]
+    convs_used = Counter(id(conv) for conv, _ in pairs)
     folded = 0
     for conv, bn in pairs:
-        if convs_used.count(id(conv)) > 1 or bn.training or bn.running_mean is None or bn.running_var is None:
+        if convs_used[id(conv)] > 1 or bn.training or bn.running_mean is None or bn.running_var is None:
             continue  # a convolution feeding two BatchNorms, or one without statistics: left as it is
         with torch.no_grad():
             gain = torch.rsqrt(bn.running_var + bn.eps)  # (C,)
