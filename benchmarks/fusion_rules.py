@@ -1,7 +1,8 @@
 """Re-score fusion rules offline on member maps dumped by ``bench_multicore.py --dump`` (issue 11 studies).
 
 A rule is a normalisation of each member's raw map (statistics from the clean fusion-share maps only, never
-the test set), a combination of the normalised maps, and an image score of the combined map. Every rule is
+the test set), a combination of the normalised maps (mean, per-pixel maximum, log-sum-exp), and an image score of
+the combined map. Every rule is
 scored with the harness's VisionAD metrics on the dumped test maps, for the full ensemble and for its first
 two members (MC4 and MC2 from one dump), beside each member alone and the best member in hindsight.
 
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from visionad_multicore.atomic import atomic_write_text
 from visionad_multicore.fusion.validation import map_image_scores
 from visionad_multicore.visionad.metrics import run_metrics
 
@@ -53,14 +55,35 @@ def normaliser(kind: str, clean: Tensor) -> Callable[[Tensor], Tensor]:
     return lambda raw: (raw.float() - centre) / scale
 
 
-def rules(clean: Tensor) -> dict[str, tuple[Callable[[Tensor], Tensor], float]]:
-    """Rule name -> (normalisation, image-score top share)."""
+Combine = Callable[[Tensor], Tensor]
+
+
+def _mean(x: Tensor) -> Tensor:
+    return x.mean(dim=1, keepdim=True)
+
+
+def _maximum(x: Tensor) -> Tensor:
+    return x.amax(dim=1, keepdim=True)
+
+
+def _log_sum_exp(x: Tensor, temperature: float = 3.0) -> Tensor:
+    """A soft maximum over the members: ``T * log(sum(exp(x / T)))``."""
+    return temperature * torch.logsumexp(x / temperature, dim=1, keepdim=True)
+
+
+def rules(clean: Tensor) -> dict[str, tuple[Callable[[Tensor], Tensor], Combine, float]]:
+    """Rule name -> (normalisation, combination of the members ``(N, M, H, W) -> (N, 1, H, W)``, image-score top
+    share)."""
     z, q = normaliser("zscore", clean), normaliser("quantile", clean)
     return {
-        "zscore mean, max": (z, 0.0),
-        "zscore mean, top 1 %": (z, 0.01),
-        "quantile mean, max": (q, 0.0),
-        "quantile mean, top 1 %": (q, 0.01),
+        "zscore mean, max": (z, _mean, 0.0),
+        "zscore mean, top 0.1 %": (z, _mean, 0.001),
+        "zscore mean, top 1 %": (z, _mean, 0.01),
+        "quantile mean, max": (q, _mean, 0.0),
+        "quantile mean, top 0.1 %": (q, _mean, 0.001),
+        "quantile mean, top 1 %": (q, _mean, 0.01),
+        "zscore pixel maximum, top 0.1 %": (z, _maximum, 0.001),
+        "zscore log-sum-exp T=3, top 0.1 %": (z, _log_sum_exp, 0.001),
     }
 
 
@@ -75,8 +98,8 @@ def score(dump: dict[str, Any], n_members: int) -> dict[str, dict[str, float]]:
         for i, key in enumerate(keys):
             heatmaps[f"heatmap_set_{split}"][key] = raw[:, i : i + 1]
             scores[f"image_score_set_{split}"][key] = dump[f"test_scores_{split}"][:, i]
-        for name, (normalise, top) in rules(clean).items():
-            fused = normalise(raw).mean(dim=1, keepdim=True)  # (N, 1, H, W)
+        for name, (normalise, combine, top) in rules(clean).items():
+            fused = combine(normalise(raw))  # (N, 1, H, W)
             heatmaps[f"heatmap_set_{split}"][name] = fused
             scores[f"image_score_set_{split}"][name] = map_image_scores(fused, top)
     targets = {"targets_novel": dump["targets_novel"].float()}
@@ -112,10 +135,11 @@ def main() -> None:
     for method, rows in totals.items():
         mean = torch.tensor(rows).mean(dim=0).tolist()
         lines.append(f"| {method} | " + " | ".join(f"{v:.4f}" for v in mean) + " |")
-    text = "\n".join(lines)
+    command = "python benchmarks/fusion_rules.py " + " ".join(str(p) for p in args.dumps)
+    text = "\n".join([f"Command: `{command}`", "", *lines])
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        atomic_write_text(args.out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ per development set) and, optionally, runner results folders (e.g. the README's 
   best single member (best on the mean of the four metrics), and what ``multicore`` was (the mean, a member
   subset's mean, or an HFM epoch);
 - the checks: ``multicore >= ensemble_mean`` on P-AUC, AUPRO and PL on every set, I-AUC not lower than the mean's
-  by more than 0.01, and ``multicore`` against the best member on the mean over the sets.
+  by more than 0.01, and ``multicore`` against the best member on the mean over the sets, two ways: the best
+  member of each row (hindsight, a different predictor per set) and the best single predictor (the same one on
+  every row, the member with the best mean over the rows).
 
     python benchmarks/fusion_table.py [--records benchmark_runs/multicore] [--results RUN_DIR ...] [--out F.md]
 """
@@ -103,7 +105,10 @@ def build(rows: list[dict[str, Any]]) -> str:
         "| set | ensemble | image score | multicore is | method | " + " | ".join(SHORT) + " |",
         "|---|---|---|---|---|" + "---|" * len(SHORT),
     ]
-    failures, sums = [], {k: {m: 0.0 for m in METRICS} for k in ("multicore", "best_member", "ensemble_mean")}
+    failures, sums = (
+        [],
+        {k: {m: 0.0 for m in METRICS} for k in ("multicore", "best member of each row", "ensemble_mean")},
+    )
     mean_chosen = 0
     for row in rows:
         metrics = row["metrics"]
@@ -123,7 +128,12 @@ def build(rows: list[dict[str, Any]]) -> str:
         for m in METRICS:
             sums["multicore"][m] += metrics[m]["multicore"] / len(rows)
             sums["ensemble_mean"][m] += metrics[m]["ensemble_mean"] / len(rows)
-            sums["best_member"][m] += metrics[m][best] / len(rows)
+            sums["best member of each row"][m] += metrics[m][best] / len(rows)
+    fixed = _best_fixed_member(rows)
+    if fixed is not None:
+        sums[f"member {fixed} on every row"] = {
+            m: sum(row["metrics"][m][fixed] for row in rows) / len(rows) for m in METRICS
+        }
     lines.append("")
     lines.append("| mean over the rows | " + " | ".join(SHORT) + " |")
     lines.append("|---|" + "---|" * len(SHORT))
@@ -135,12 +145,33 @@ def build(rows: list[dict[str, Any]]) -> str:
         "multicore >= ensemble_mean on P-AUC, AUPRO, PL and I-AUC within 0.01 everywhere: "
         + ("yes" if not failures else "NO: " + "; ".join(failures))
     )
-    beats = {m: sums["multicore"][m] >= sums["best_member"][m] for m in METRICS}
+    beats = {m: sums["multicore"][m] >= sums["best member of each row"][m] for m in METRICS}
     lines.append(
-        "multicore >= the best member on the mean over the rows: "
+        "multicore >= the best member of each row (hindsight, per row) on the mean over the rows: "
         + ", ".join(f"{s} {'yes' if beats[m] else 'no'}" for s, m in zip(SHORT, METRICS))
     )
+    if fixed is not None:
+        key = f"member {fixed} on every row"
+        beats = {m: sums["multicore"][m] >= sums[key][m] for m in METRICS}
+        lines.append(
+            f"multicore >= the best single member over the rows ({fixed}, the same predictor on every row): "
+            + ", ".join(f"{s} {'yes' if beats[m] else 'no'}" for s, m in zip(SHORT, METRICS))
+        )
     return "\n".join(lines)
+
+
+def _best_fixed_member(rows: list[dict[str, Any]]) -> str | None:
+    """The member present in every row with the best mean of the four metrics over the rows (None if none)."""
+    common = (
+        set.intersection(*(set(row["metrics"][METRICS[0]]) - set(FIXED) for row in rows)) if rows else set()
+    )
+    if not common:
+        return None
+
+    def overall(member: str) -> float:
+        return sum(row["metrics"][m][member] for row in rows for m in METRICS)
+
+    return max(sorted(common), key=overall)
 
 
 def main() -> None:

@@ -279,6 +279,37 @@ def test_trainer_is_reproducible() -> None:
         assert torch.equal(states[0][key], states[1][key]), key
 
 
+def test_a_trained_epoch_needs_epoch_confidence_against_the_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gain of a trained epoch is bootstrapped against the ensemble mean, at ``epoch_confidence``, not only
+    against the epoch in use: a chain of small wins at 94 % (demo grass: epoch 0 over the mean, epoch 8 over
+    epoch 0) does not replace the mean when 99 % is asked."""
+    maps, masks = _toy(24)
+    validation = _validation()
+    baselines: list[object] = []
+
+    def confidence_094(self: HFMTrainer, fused: torch.Tensor, baseline: object) -> float:
+        baselines.append(baseline)
+        return 0.94
+
+    monkeypatch.setattr(HFMTrainer, "_gain_confidence", confidence_094)
+    strict = HFMTrainer(2, CONFIG, validation, progress=False)
+    assert CONFIG.epoch_confidence == 0.99
+    records = [
+        strict.run_epoch(maps.half(), masks.half(), maps[:4].half(), masks[:4].half()) for _ in range(4)
+    ]
+    gains = [r for r in records if r.validation.aupro > strict.mean_validation.aupro and r.is_candidate]
+    assert gains, "the toy training must give epochs that beat the mean on validation"
+    assert strict.mean_selected and all(r.selected == MEAN_EPOCH for r in records)
+    assert all(b is strict._mean_pieces for b in baselines)  # compared with the mean, never a later baseline
+    assert all(r.gain_confidence == 0.94 for r in gains)
+    lenient = HFMTrainer(2, dataclasses.replace(CONFIG, epoch_confidence=0.9), validation, progress=False)
+    for _ in range(4):
+        lenient.run_epoch(maps.half(), masks.half(), maps[:4].half(), masks[:4].half())
+    assert not lenient.mean_selected and lenient.selected_epoch >= 0
+    with pytest.raises(ValueError, match="epoch_confidence"):
+        HFMTrainConfig(epoch_confidence=1.0)
+
+
 def test_validation_data_shapes_are_checked() -> None:
     maps, masks = _toy(4)
     with pytest.raises(ValueError, match="masks"):

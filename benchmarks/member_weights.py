@@ -1,0 +1,126 @@
+"""Can the synthetic validation set choose member weights? A study on dumped member maps (issue 11).
+
+For the first two members of each dump (MC2: predictor 1, PatchCore's euclidean p3 s1, and predictor 2) the
+fused map is ``w * member1 + (1 - w) * member2`` of the normalised maps, ``w`` on a grid (0.5 is the ensemble
+mean). For every ``w`` it prints the validation scores the HFM trainer sees (AUPRO, pixel AP, pixel AUROC, image
+AUROC on the synthetic validation set and the clean fusion-share images) beside the real test metrics, then the
+``w`` each validation score would pick and what that pick gives on the test set against the mean. The test set
+is only scored here, never used to pick anything in the package.
+
+    python benchmarks/bench_multicore.py --dataset KEY --preset mc4 --epochs 1 --dump dumps/KEY.pt
+    python benchmarks/member_weights.py dumps/*.pt --out benchmark_runs/multicore/member_weights.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from visionad_multicore.atomic import atomic_write_text
+from visionad_multicore.fusion.validation import ValidationResult, evaluate_maps, map_image_scores
+from visionad_multicore.visionad.metrics import run_metrics
+
+METRICS = ("Imagewise_AUC", "Pixelwise_AUC", "Pixelwise_AUPRO", "PL")
+SHORT = ("I-AUC", "P-AUC", "AUPRO", "PL")
+VALIDATION = ("aupro", "pixel_ap", "pixel_auroc", "image_auroc")
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+IMAGE_SCORE_TOP = 0.001  # the package default
+
+
+def _weighted(maps: Tensor, w: float) -> Tensor:
+    """``(N, 2, H, W)`` normalised maps -> ``(N, 1, H, W)``: ``w`` on the first member."""
+    return w * maps[:, :1] + (1.0 - w) * maps[:, 1:2]
+
+
+def study(dump: dict[str, Any]) -> tuple[dict[float, ValidationResult], dict[float, dict[str, float]]]:
+    """Validation scores and test metrics for every weight of the first two members of a dump."""
+    mean, std = dump["stats_mean"][:2].float(), dump["stats_std"][:2].float()
+
+    def normalise(raw: Tensor) -> Tensor:
+        return (raw[:, :2].float() - mean[None, :, None, None]) / std[None, :, None, None]
+
+    test = {split: normalise(dump[f"test_maps_{split}"]) for split in ("regular", "novel")}
+    v_maps, v_masks = dump["validation_maps"][:, :2].float(), dump["validation_masks"]
+    clean = dump["clean_maps"][:, :2].float()
+    heatmaps: dict[str, dict[str, Tensor]] = {"heatmap_set_regular": {}, "heatmap_set_novel": {}}
+    scores: dict[str, dict[str, Tensor]] = {"image_score_set_regular": {}, "image_score_set_novel": {}}
+    validation = {}
+    for w in WEIGHTS:
+        for split, maps in test.items():
+            fused = _weighted(maps, w)
+            heatmaps[f"heatmap_set_{split}"][str(w)] = fused
+            scores[f"image_score_set_{split}"][str(w)] = map_image_scores(fused, IMAGE_SCORE_TOP)
+        validation[w] = evaluate_maps(_weighted(v_maps, w), v_masks, _weighted(clean, w), IMAGE_SCORE_TOP)
+    targets = {"targets_novel": dump["targets_novel"].float()}
+    results = run_metrics(list(METRICS), heatmaps, scores, targets, None, progress=False)
+    metrics = {w: {m: float(results[m]["metric_results"][str(w)]) for m in METRICS} for w in WEIGHTS}
+    return validation, metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dumps", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
+    args = parser.parse_args()
+    grid = [
+        "| set | w (member 1) | val AUPRO | val pixel AP | val pixel AUROC | val image AUROC | "
+        + " | ".join(f"test {s}" for s in SHORT)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(SHORT),
+    ]
+    picks = [
+        "| set | validation score | picks w | " + " | ".join(f"{s} - mean's" for s in SHORT) + " |",
+        "|---|---|---|" + "---|" * len(SHORT),
+    ]
+    best_test = [
+        "| set | " + " | ".join(f"best w on test {s}" for s in SHORT) + " |",
+        "|---|" + "---|" * len(SHORT),
+    ]
+    for path in args.dumps:
+        dump = torch.load(path, weights_only=False)
+        validation, metrics = study(dump)
+        for w in WEIGHTS:
+            v = validation[w]
+            grid.append(
+                f"| {path.stem} | {w:.2f} | {v.aupro:.4f} | {v.pixel_ap:.4f} | {v.pixel_auroc:.4f} | "
+                f"{v.image_auroc:.4f} | " + " | ".join(f"{metrics[w][m]:.4f}" for m in METRICS) + " |"
+            )
+        for name in VALIDATION:
+            pick = max(WEIGHTS, key=lambda w: (validation[w].value(name), -abs(w - 0.5)))
+            gains = " | ".join(f"{metrics[pick][m] - metrics[0.5][m]:+.4f}" for m in METRICS)
+            picks.append(f"| {path.stem} | {name} | {pick:.2f} | {gains} |")
+        best_test.append(
+            f"| {path.stem} | "
+            + " | ".join(f"{max(WEIGHTS, key=lambda w: (metrics[w][m], -abs(w - 0.5))):.2f}" for m in METRICS)
+            + " |"
+        )
+        print(f"{path.stem}: done", flush=True)
+    command = "python benchmarks/member_weights.py " + " ".join(str(p) for p in args.dumps)
+    text = "\n".join(
+        [
+            f"Command: `{command}`",
+            "",
+            "Fused map = w * member 1 + (1 - w) * member 2 (normalised maps; w = 0.5 is the ensemble mean).",
+            "",
+            *grid,
+            "",
+            "What each validation score would pick (ties: the w nearest 0.5), and its test metrics minus the mean's:",
+            "",
+            *picks,
+            "",
+            "The test set's own best w per metric (hindsight, for reference only):",
+            "",
+            *best_test,
+        ]
+    )
+    print(text)
+    if args.out is not None:
+        atomic_write_text(args.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
