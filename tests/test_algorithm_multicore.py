@@ -125,6 +125,16 @@ def test_save_load_fresh_instance_identical(trained: tuple[WrapperMultiCore, Pat
         fresh.train_one_epoch()
 
 
+def test_selection_confidences_reach_the_trainer() -> None:
+    algo = WrapperMultiCore(**{**TINY_PARAMS, "selection_confidence": 0.8, "epoch_confidence": 0.95})
+    assert (algo.model.hfm.selection_confidence, algo.model.hfm.epoch_confidence) == (0.8, 0.95)
+    assert algo.params["epoch_confidence"] == 0.95
+    default = WrapperMultiCore(**TINY_PARAMS)
+    assert (default.model.hfm.selection_confidence, default.model.hfm.epoch_confidence) == (0.9, 0.99)
+    with pytest.raises(ValueError, match="epoch_confidence"):
+        WrapperMultiCore(**{**TINY_PARAMS, "epoch_confidence": 1.0})
+
+
 def test_unknown_model_param_is_an_error() -> None:
     with pytest.raises(TypeError, match="lrr"):
         WrapperMultiCore(lrr=0.1)  # type: ignore[call-arg]

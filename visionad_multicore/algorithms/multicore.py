@@ -92,6 +92,10 @@ class WrapperMultiCore(ModelWrapper):
         validation_fraction: Share of ``synthetic_size`` made as the validation set (own masks and seed).
         selection_metric: ``aupro`` (default), ``pixel_ap``, ``pixel_auroc`` or ``loss`` on the validation set.
         selection_margin: How much a trained epoch must beat the ensemble mean by to be used as ``multicore``.
+        selection_confidence: Share of the paired bootstrap over the validation images in which a member subset
+            (or a trained epoch, against the subset or epoch in use) must keep its gain (default 0.9).
+        epoch_confidence: Share of the bootstrap in which a trained epoch must beat the ensemble mean (default
+            0.99; see :class:`~visionad_multicore.fusion.train.HFMTrainConfig`).
         image_auroc_tolerance: Largest drop of the validation image AUROC below the mean's a chosen epoch or member
             subset may have.
         pixel_tolerance: Largest drop of the validation pixel AUROC and pixel AP below the mean's a chosen epoch
@@ -142,6 +146,8 @@ class WrapperMultiCore(ModelWrapper):
         validation_fraction: float = 0.1,
         selection_metric: str = "aupro",
         selection_margin: float = 0.0,
+        selection_confidence: float = 0.9,
+        epoch_confidence: float = 0.99,
         image_auroc_tolerance: float = 0.01,
         pixel_tolerance: float = 0.005,
         image_score_top: float = 0.001,
@@ -183,6 +189,8 @@ class WrapperMultiCore(ModelWrapper):
             flip_augment=flip_augment,
             selection_metric=selection_metric,
             selection_margin=selection_margin,
+            selection_confidence=selection_confidence,
+            epoch_confidence=epoch_confidence,
             image_auroc_tolerance=image_auroc_tolerance,
             pixel_tolerance=pixel_tolerance,
             image_score_top=image_score_top,
@@ -219,6 +227,8 @@ class WrapperMultiCore(ModelWrapper):
             "validation_fraction": float(validation_fraction),
             "selection_metric": selection_metric,
             "selection_margin": float(selection_margin),
+            "selection_confidence": float(selection_confidence),
+            "epoch_confidence": float(epoch_confidence),
             "image_auroc_tolerance": float(image_auroc_tolerance),
             "pixel_tolerance": float(pixel_tolerance),
             "image_score_top": float(image_score_top),
