@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from visionad_multicore.atomic import atomic_write_text
-from visionad_multicore.fusion.validation import map_image_scores
-from visionad_multicore.visionad.metrics import run_metrics
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from member_dumps import METRICS, SHORT, ensemble_sizes, load_dump, test_metrics, zscored  # noqa: E402
 
-METRICS = ["Imagewise_AUC", "Pixelwise_AUC", "Pixelwise_AUPRO", "PL"]
-SHORT = ["I-AUC", "P-AUC", "AUPRO", "PL"]
+from visionad_multicore.atomic import atomic_write_text  # noqa: E402
+from visionad_multicore.fusion.validation import map_image_scores  # noqa: E402
+
 QUANTILE_SAMPLE = (
     2_000_000  # clean pixels per member used for quantiles (torch.quantile's input limit is 16M)
 )
@@ -40,17 +41,15 @@ def clean_raw(dump: dict[str, Any]) -> Tensor:
     return dump["clean_maps"].float() * std[None, :, None, None] + mean[None, :, None, None]
 
 
-def normaliser(kind: str, clean: Tensor) -> Callable[[Tensor], Tensor]:
-    """Per-member normalisation fitted on clean maps ``(C, M, H, W)``; returns ``raw (N, M, H, W) -> normalised``."""
+def quantile_normaliser(clean: Tensor) -> Callable[[Tensor], Tensor]:
+    """Median 0 and the clean 99.9th percentile 1 per member (an equal false-positive level per member), fitted
+    on clean maps ``(C, M, H, W)``; returns ``raw (N, M, H, W) -> normalised``."""
     values = clean.transpose(0, 1).flatten(1).double()  # (M, pixels)
-    if kind == "zscore":  # what MultiCore does: mean 0, std 1 over clean pixels
-        centre, scale = values.mean(dim=1), values.std(dim=1)
-    else:  # "quantile": median 0, the clean 99.9th percentile 1 (equal false-positive level per member)
-        g = torch.Generator().manual_seed(0)
-        idx = torch.randint(values.shape[1], (min(QUANTILE_SAMPLE, values.shape[1]),), generator=g)
-        sample = values[:, idx]
-        centre = sample.median(dim=1).values
-        scale = torch.quantile(sample, 0.999, dim=1) - centre
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(values.shape[1], (min(QUANTILE_SAMPLE, values.shape[1]),), generator=g)
+    sample = values[:, idx]
+    centre = sample.median(dim=1).values
+    scale = torch.quantile(sample, 0.999, dim=1) - centre
     centre, scale = centre.float()[None, :, None, None], scale.float().clamp_min(1e-8)[None, :, None, None]
     return lambda raw: (raw.float() - centre) / scale
 
@@ -71,10 +70,14 @@ def _log_sum_exp(x: Tensor, temperature: float = 3.0) -> Tensor:
     return temperature * torch.logsumexp(x / temperature, dim=1, keepdim=True)
 
 
-def rules(clean: Tensor) -> dict[str, tuple[Callable[[Tensor], Tensor], Combine, float]]:
-    """Rule name -> (normalisation, combination of the members ``(N, M, H, W) -> (N, 1, H, W)``, image-score top
-    share)."""
-    z, q = normaliser("zscore", clean), normaliser("quantile", clean)
+def rules(dump: dict[str, Any], n: int) -> dict[str, tuple[Callable[[Tensor], Tensor], Combine, float]]:
+    """Rule name -> (normalisation of the first ``n`` members' raw maps, combination ``(N, n, H, W) -> (N, 1, H,
+    W)``, image-score top share). ``zscore`` is MultiCore's own normalisation (the dump's statistics)."""
+
+    def z(raw: Tensor) -> Tensor:
+        return zscored(dump, raw, n)
+
+    q = quantile_normaliser(clean_raw(dump)[:, :n])
     return {
         "zscore mean, max": (z, _mean, 0.0),
         "zscore mean, top 0.1 %": (z, _mean, 0.001),
@@ -89,23 +92,16 @@ def rules(clean: Tensor) -> dict[str, tuple[Callable[[Tensor], Tensor], Combine,
 
 def score(dump: dict[str, Any], n_members: int) -> dict[str, dict[str, float]]:
     """Metrics ``{method: {metric: value}}`` of every rule and every member on the first ``n_members``."""
-    keys = dump["member_keys"][:n_members]
-    heatmaps: dict[str, dict[str, Tensor]] = {"heatmap_set_regular": {}, "heatmap_set_novel": {}}
-    scores: dict[str, dict[str, Tensor]] = {"image_score_set_regular": {}, "image_score_set_novel": {}}
-    clean = clean_raw(dump)[:, :n_members]
-    for split in ("regular", "novel"):
-        raw = dump[f"test_maps_{split}"][:, :n_members].float()  # (N, M, H, W)
-        for i, key in enumerate(keys):
-            heatmaps[f"heatmap_set_{split}"][key] = raw[:, i : i + 1]
-            scores[f"image_score_set_{split}"][key] = dump[f"test_scores_{split}"][:, i]
-        for name, (normalise, combine, top) in rules(clean).items():
-            fused = combine(normalise(raw))  # (N, 1, H, W)
-            heatmaps[f"heatmap_set_{split}"][name] = fused
-            scores[f"image_score_set_{split}"][name] = map_image_scores(fused, top)
-    targets = {"targets_novel": dump["targets_novel"].float()}
-    results = run_metrics(METRICS, heatmaps, scores, targets, None, progress=False)
-    methods = list(heatmaps["heatmap_set_regular"])
-    return {m: {metric: float(results[metric]["metric_results"][m]) for metric in METRICS} for m in methods}
+    raw = {split: dump[f"test_maps_{split}"][:, :n_members].float() for split in ("regular", "novel")}
+    heatmaps: dict[str, dict[str, Tensor]] = {}
+    scores: dict[str, dict[str, Tensor]] = {}
+    for i, key in enumerate(dump["member_keys"][:n_members]):
+        heatmaps[key] = {split: maps[:, i : i + 1] for split, maps in raw.items()}
+        scores[key] = {split: dump[f"test_scores_{split}"][:, i] for split in raw}
+    for name, (normalise, combine, top) in rules(dump, n_members).items():
+        heatmaps[name] = {split: combine(normalise(maps)) for split, maps in raw.items()}  # (N, 1, H, W)
+        scores[name] = {split: map_image_scores(fused, top) for split, fused in heatmaps[name].items()}
+    return test_metrics(dump, heatmaps, scores)
 
 
 def main() -> None:
@@ -116,9 +112,8 @@ def main() -> None:
     lines = ["| set | ensemble | method | " + " | ".join(SHORT) + " |", "|---|---|---|" + "---|" * len(SHORT)]
     totals: dict[str, list[list[float]]] = {}
     for path in args.dumps:
-        dump = torch.load(path, weights_only=False)
-        n_all = len(dump["member_keys"])
-        for n in sorted({n_all, 2}, reverse=True):
+        dump = load_dump(path)
+        for n in ensemble_sizes(dump):
             table = score(dump, n)
             members = dump["member_keys"][:n]
             best = max(members, key=lambda k: sum(table[k].values()))

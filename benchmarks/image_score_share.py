@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from visionad_multicore.auroc import binary_auroc
-from visionad_multicore.fusion.validation import evaluate_maps, map_image_scores
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from member_dumps import ensemble_sizes, load_dump, zscored  # noqa: E402
+
+from visionad_multicore.auroc import binary_auroc  # noqa: E402
+from visionad_multicore.fusion.validation import evaluate_maps, map_image_scores  # noqa: E402
 
 SHARES = (0.0, 0.001, 0.003, 0.01, 0.03)
 
@@ -33,14 +37,13 @@ def test_auroc(regular: Tensor, novel: Tensor, share: float) -> float:
 
 def fused_mean(dump: dict, raw: Tensor, n: int) -> Tensor:
     """(N, 1, H, W) mean of the first ``n`` members' normalised maps (the ``ensemble_mean`` method)."""
-    mean, std = dump["stats_mean"][:n], dump["stats_std"][:n]
-    return ((raw[:, :n] - mean[None, :, None, None]) / std[None, :, None, None]).mean(1, keepdim=True)
+    return zscored(dump, raw, n).mean(1, keepdim=True)
 
 
 def from_dump(path: Path) -> list[str]:
-    dump = torch.load(path, weights_only=False)
+    dump = load_dump(path)
     rows = []
-    for n in sorted({len(dump["member_keys"]), 2}, reverse=True):
+    for n in ensemble_sizes(dump):
         regular, novel = (fused_mean(dump, dump[f"test_maps_{split}"], n) for split in ("regular", "novel"))
         validation = dump["validation_maps"][:, :n].float().mean(1, keepdim=True)
         clean = dump["clean_maps"][:, :n].float().mean(1, keepdim=True)

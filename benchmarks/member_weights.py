@@ -14,18 +14,22 @@ is only scored here, never used to pick anything in the package.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from visionad_multicore.atomic import atomic_write_text
-from visionad_multicore.fusion.validation import ValidationResult, evaluate_maps, map_image_scores
-from visionad_multicore.visionad.metrics import run_metrics
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from member_dumps import METRICS, SHORT, SPLITS, load_dump, test_metrics, zscored  # noqa: E402
 
-METRICS = ("Imagewise_AUC", "Pixelwise_AUC", "Pixelwise_AUPRO", "PL")
-SHORT = ("I-AUC", "P-AUC", "AUPRO", "PL")
+from visionad_multicore.atomic import atomic_write_text  # noqa: E402
+from visionad_multicore.fusion.validation import (  # noqa: E402
+    ValidationResult,
+    evaluate_maps,
+    map_image_scores,
+)
+
 VALIDATION = ("aupro", "pixel_ap", "pixel_auroc", "image_auroc")
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 IMAGE_SCORE_TOP = 0.001  # the package default
@@ -38,27 +42,19 @@ def _weighted(maps: Tensor, w: float) -> Tensor:
 
 def study(dump: dict[str, Any]) -> tuple[dict[float, ValidationResult], dict[float, dict[str, float]]]:
     """Validation scores and test metrics for every weight of the first two members of a dump."""
-    mean, std = dump["stats_mean"][:2].float(), dump["stats_std"][:2].float()
-
-    def normalise(raw: Tensor) -> Tensor:
-        return (raw[:, :2].float() - mean[None, :, None, None]) / std[None, :, None, None]
-
-    test = {split: normalise(dump[f"test_maps_{split}"]) for split in ("regular", "novel")}
+    test = {split: zscored(dump, dump[f"test_maps_{split}"], 2) for split in SPLITS}
     v_maps, v_masks = dump["validation_maps"][:, :2].float(), dump["validation_masks"]
     clean = dump["clean_maps"][:, :2].float()
-    heatmaps: dict[str, dict[str, Tensor]] = {"heatmap_set_regular": {}, "heatmap_set_novel": {}}
-    scores: dict[str, dict[str, Tensor]] = {"image_score_set_regular": {}, "image_score_set_novel": {}}
-    validation = {}
-    for w in WEIGHTS:
-        for split, maps in test.items():
-            fused = _weighted(maps, w)
-            heatmaps[f"heatmap_set_{split}"][str(w)] = fused
-            scores[f"image_score_set_{split}"][str(w)] = map_image_scores(fused, IMAGE_SCORE_TOP)
-        validation[w] = evaluate_maps(_weighted(v_maps, w), v_masks, _weighted(clean, w), IMAGE_SCORE_TOP)
-    targets = {"targets_novel": dump["targets_novel"].float()}
-    results = run_metrics(list(METRICS), heatmaps, scores, targets, None, progress=False)
-    metrics = {w: {m: float(results[m]["metric_results"][str(w)]) for m in METRICS} for w in WEIGHTS}
-    return validation, metrics
+    heatmaps = {str(w): {split: _weighted(maps, w) for split, maps in test.items()} for w in WEIGHTS}
+    scores = {
+        name: {split: map_image_scores(fused, IMAGE_SCORE_TOP) for split, fused in by_split.items()}
+        for name, by_split in heatmaps.items()
+    }
+    validation = {
+        w: evaluate_maps(_weighted(v_maps, w), v_masks, _weighted(clean, w), IMAGE_SCORE_TOP) for w in WEIGHTS
+    }
+    metrics = test_metrics(dump, heatmaps, scores)
+    return validation, {w: metrics[str(w)] for w in WEIGHTS}
 
 
 def main() -> None:
@@ -81,7 +77,7 @@ def main() -> None:
         "|---|" + "---|" * len(SHORT),
     ]
     for path in args.dumps:
-        dump = torch.load(path, weights_only=False)
+        dump = load_dump(path)
         validation, metrics = study(dump)
         for w in WEIGHTS:
             v = validation[w]
