@@ -68,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unet_depth", type=int, default=3)
     p.add_argument("--work_size", type=int, default=64, help="HFM resolution (0: full size)")
     p.add_argument("--hfm_batch_size", type=int, default=8)
+    p.add_argument(
+        "--calibration_steps",
+        type=int,
+        default=0,
+        help="fit the HFM output's scale and offset first (0: off)",
+    )
     p.add_argument("--validation_fraction", type=float, default=0.25)
     p.add_argument("--train_limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test_skip", type=int, default=1, help="keep every k-th test image (both test splits)")
@@ -244,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         unet_depth=args.unet_depth,
         work_size=args.work_size or None,
         hfm_batch_size=args.hfm_batch_size,
+        calibration_steps=args.calibration_steps,
         validation_fraction=args.validation_fraction,
         feature_batch_size=args.batch_size,
         seed=args.seed,

@@ -1,8 +1,11 @@
 """Re-score fusion rules offline on member maps dumped by ``bench_multicore.py --dump`` (issue 11 studies).
 
 A rule is a normalisation of each member's raw map (statistics from the clean fusion-share maps only, never
-the test set), a combination of the normalised maps (mean, per-pixel maximum, log-sum-exp), and an image score of
-the combined map. Every rule is
+the test set), a combination of the normalised maps (mean, per-pixel maximum or minimum, log-sum-exp), and an image
+score of the combined map. Normalisations: MultiCore's z-score; clean median / 99.9th percentile; the clean tail
+probability (``-log10`` of the share of clean pixels at or above the value, an exponential tail beyond the 99th
+percentile: a mean of these is Fisher's way to combine tests); and the z-scored mean minus the clean fused maps'
+mean at each position (blurred), for defects on aligned objects. Every rule is
 scored with the harness's VisionAD metrics on the dumped test maps, for the full ensemble and for its first
 two members (MC4 and MC2 from one dump), beside each member alone and the best member in hindsight.
 
@@ -25,9 +28,16 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from member_dumps import METRICS, SHORT, ensemble_sizes, load_dump, test_metrics, zscored  # noqa: E402
+from member_dumps import (  # noqa: E402
+    METRICS,
+    SHORT,
+    ensemble_sizes,
+    load_dump,
+    test_metrics,
+    write_report,
+    zscored,
+)
 
-from visionad_multicore.atomic import atomic_write_text  # noqa: E402
 from visionad_multicore.fusion.validation import map_image_scores  # noqa: E402
 
 QUANTILE_SAMPLE = (
@@ -54,6 +64,44 @@ def quantile_normaliser(clean: Tensor) -> Callable[[Tensor], Tensor]:
     return lambda raw: (raw.float() - centre) / scale
 
 
+def tail_normaliser(clean: Tensor) -> Callable[[Tensor], Tensor]:
+    """``-log10`` of the clean tail probability per member, fitted on clean maps ``(C, M, H, W)``: the empirical
+    share of clean pixels at or above a value up to the 99th percentile (2 decades), then one decade more per
+    (99.9th - 99th percentile) beyond it, an exponential tail, so values above every clean pixel stay ordered."""
+    values = clean.transpose(0, 1).flatten(1)  # (M, pixels)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(values.shape[1], (min(QUANTILE_SAMPLE, values.shape[1]),), generator=g)
+    ordered = values[:, idx].float().sort(dim=1).values.contiguous()
+    q99, q999 = torch.quantile(
+        ordered.double(), torch.tensor([0.99, 0.999], dtype=torch.float64), dim=1
+    ).float()
+    decades = 2.0  # -log10(1 - 0.99)
+
+    def normalise(raw: Tensor) -> Tensor:
+        out = []
+        for i in range(raw.shape[1]):
+            x = raw[:, i].float().contiguous()
+            share_below = torch.searchsorted(ordered[i], x.flatten()).view_as(x).float() / ordered.shape[1]
+            body = -torch.log10((1 - share_below).clamp_min(10**-decades))
+            tail = decades + (x - q99[i]) / (q999[i] - q99[i]).clamp_min(1e-8)
+            out.append(torch.where(x > q99[i], tail, body))
+        return torch.stack(out, dim=1)
+
+    return normalise
+
+
+def position_offset(clean_fused: Tensor, sigma: float = 16.0) -> Tensor:
+    """The clean fused maps' mean at each position ``(1, 1, H, W)``, gaussian-blurred by ``sigma`` pixels."""
+    mean = clean_fused.mean(dim=0, keepdim=True)
+    radius = int(3 * sigma)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    mean = torch.nn.functional.pad(mean, (radius, radius, radius, radius), mode="replicate")
+    mean = torch.nn.functional.conv2d(mean, k.view(1, 1, 1, -1))
+    return torch.nn.functional.conv2d(mean, k.view(1, 1, -1, 1))
+
+
 Combine = Callable[[Tensor], Tensor]
 
 
@@ -63,6 +111,10 @@ def _mean(x: Tensor) -> Tensor:
 
 def _maximum(x: Tensor) -> Tensor:
     return x.amax(dim=1, keepdim=True)
+
+
+def _minimum(x: Tensor) -> Tensor:
+    return x.amin(dim=1, keepdim=True)
 
 
 def _log_sum_exp(x: Tensor, temperature: float = 3.0) -> Tensor:
@@ -77,7 +129,13 @@ def rules(dump: dict[str, Any], n: int) -> dict[str, tuple[Callable[[Tensor], Te
     def z(raw: Tensor) -> Tensor:
         return zscored(dump, raw, n)
 
-    q = quantile_normaliser(clean_raw(dump)[:, :n])
+    clean = clean_raw(dump)[:, :n]
+    q = quantile_normaliser(clean)
+    offset = position_offset(z(clean).mean(dim=1, keepdim=True))
+
+    def z_minus_position(raw: Tensor) -> Tensor:  # the offset is per pixel, the same for every member
+        return z(raw) - offset
+
     return {
         "zscore mean, max": (z, _mean, 0.0),
         "zscore mean, top 0.1 %": (z, _mean, 0.001),
@@ -87,6 +145,9 @@ def rules(dump: dict[str, Any], n: int) -> dict[str, tuple[Callable[[Tensor], Te
         "quantile mean, top 1 %": (q, _mean, 0.01),
         "zscore pixel maximum, top 0.1 %": (z, _maximum, 0.001),
         "zscore log-sum-exp T=3, top 0.1 %": (z, _log_sum_exp, 0.001),
+        "zscore pixel minimum, top 0.1 %": (z, _minimum, 0.001),
+        "tail probability mean, top 0.1 %": (tail_normaliser(clean), _mean, 0.001),
+        "zscore mean - clean mean at each position, top 0.1 %": (z_minus_position, _mean, 0.001),
     }
 
 
@@ -130,11 +191,7 @@ def main() -> None:
     for method, rows in totals.items():
         mean = torch.tensor(rows).mean(dim=0).tolist()
         lines.append(f"| {method} | " + " | ".join(f"{v:.4f}" for v in mean) + " |")
-    command = "python benchmarks/fusion_rules.py " + " ".join(str(p) for p in args.dumps)
-    text = "\n".join([f"Command: `{command}`", "", *lines])
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
+    write_report("python benchmarks/fusion_rules.py " + " ".join(str(p) for p in args.dumps), lines, args.out)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from visionad_multicore.atomic import atomic_write_text
 from visionad_multicore.visionad.metrics import run_metrics
 
 METRICS = ("Imagewise_AUC", "Pixelwise_AUC", "Pixelwise_AUPRO", "PL")
@@ -47,3 +48,11 @@ def test_metrics(
     targets = {"targets_novel": dump["targets_novel"].float()}
     results = run_metrics(list(METRICS), heatmap_set, score_set, targets, None, progress=False)
     return {m: {metric: float(results[metric]["metric_results"][m]) for metric in METRICS} for m in heatmaps}
+
+
+def write_report(command: str, lines: list[str], out: Path | None) -> None:
+    """Print a markdown report headed by the command that made it; write it atomically to ``out`` if given."""
+    text = "\n".join([f"Command: `{command}`", "", *lines])
+    print(text)
+    if out:
+        atomic_write_text(out, text + "\n")

@@ -131,6 +131,9 @@ def test_selection_confidences_reach_the_trainer() -> None:
     assert algo.params["epoch_confidence"] == 0.95
     default = WrapperMultiCore(**TINY_PARAMS)
     assert (default.model.hfm.selection_confidence, default.model.hfm.epoch_confidence) == (0.9, 0.99)
+    assert default.model.hfm.calibration_steps == 0 and default.params["calibration_steps"] == 0
+    calibrated = WrapperMultiCore(**{**TINY_PARAMS, "calibration_steps": 50})
+    assert calibrated.model.hfm.calibration_steps == 50 and calibrated.params["calibration_steps"] == 50
     with pytest.raises(ValueError, match="epoch_confidence"):
         WrapperMultiCore(**{**TINY_PARAMS, "epoch_confidence": 1.0})
 

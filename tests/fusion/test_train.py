@@ -279,6 +279,41 @@ def test_trainer_is_reproducible() -> None:
         assert torch.equal(states[0][key], states[1][key]), key
 
 
+def test_output_calibration_fits_scale_and_offset_and_keeps_the_mean_ranking() -> None:
+    """Before the first epoch the output's scale and offset are fitted to the training targets; the correction
+    stays zero, so the calibrated module ranks pixels and images exactly as the mean does."""
+    maps, masks = _toy(24)
+    validation = _validation()
+    inputs, targets = maps.half(), masks.half()
+    config = dataclasses.replace(CONFIG, cldice_weight=0.25, bce_weight=0.0, calibration_steps=200)
+    trainer = HFMTrainer(2, config, validation, progress=False)
+
+    def bce() -> float:
+        with torch.no_grad():
+            return F.binary_cross_entropy_with_logits(trainer.model(inputs.float()), targets.float()).item()
+
+    untrained = bce()
+    scale, offset = trainer.calibrate_output(inputs, targets)
+    assert scale > 0.0 and offset < -1.0  # z-scores ~0 on clean pixels: shifted so that sigmoid is ~0 there
+    assert bce() < untrained - 0.3
+    assert torch.count_nonzero(trainer.model.head.weight) == 0
+    calibrated, fused = trainer._validate(trainer.model)
+    mean = validation.maps.float().mean(dim=1, keepdim=True)
+    assert torch.allclose(fused, scale * mean + offset, atol=1e-4)
+    for metric in ("aupro", "pixel_ap", "pixel_auroc", "image_auroc"):
+        expected = trainer.mean_validation.value(metric)
+        assert calibrated.value(metric) == pytest.approx(expected, abs=1e-6), metric
+    again = HFMTrainer(2, config, validation, progress=False)
+    assert again.calibrate_output(inputs, targets) == (scale, offset)  # seeded
+    off = HFMTrainer(2, dataclasses.replace(config, calibration_steps=0), validation, progress=False)
+    assert off.calibrate_output(inputs, targets) == (1.0, 0.0)
+    assert off.model.residual_scale.item() == 1.0 and off.model.residual_offset.item() == 0.0
+    assert HFMTrainConfig().calibration_steps == 0  # opt-in
+    trainer.run_epoch(inputs, targets, inputs[:4], targets[:4])
+    with pytest.raises(RuntimeError, match="no longer zero"):
+        trainer.calibrate_output(inputs, targets)
+
+
 def test_a_trained_epoch_needs_epoch_confidence_against_the_mean(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gain of a trained epoch is bootstrapped against the ensemble mean, at ``epoch_confidence``, not only
     against the epoch in use: a chain of small wins at 94 % (demo grass: epoch 0 over the mean, epoch 8 over

@@ -96,6 +96,10 @@ class WrapperMultiCore(ModelWrapper):
             (or a trained epoch, against the subset or epoch in use) must keep its gain (default 0.9).
         epoch_confidence: Share of the bootstrap in which a trained epoch must beat the ensemble mean (default
             0.99; see :class:`~visionad_multicore.fusion.train.HFMTrainConfig`).
+        calibration_steps: Fit the HFM output's scale and offset by cross-entropy before the first epoch (e.g.
+            200; default 0: off). Training then lowers the loss instead of spending its steps on two scalars; the
+            trained module did not beat the mean on validation with it either (README, "What `multicore`
+            outputs").
         image_auroc_tolerance: Largest drop of the validation image AUROC below the mean's a chosen epoch or member
             subset may have.
         pixel_tolerance: Largest drop of the validation pixel AUROC and pixel AP below the mean's a chosen epoch
@@ -148,6 +152,7 @@ class WrapperMultiCore(ModelWrapper):
         selection_margin: float = 0.0,
         selection_confidence: float = 0.9,
         epoch_confidence: float = 0.99,
+        calibration_steps: int = 0,
         image_auroc_tolerance: float = 0.01,
         pixel_tolerance: float = 0.005,
         image_score_top: float = 0.001,
@@ -191,6 +196,7 @@ class WrapperMultiCore(ModelWrapper):
             selection_margin=selection_margin,
             selection_confidence=selection_confidence,
             epoch_confidence=epoch_confidence,
+            calibration_steps=calibration_steps,
             image_auroc_tolerance=image_auroc_tolerance,
             pixel_tolerance=pixel_tolerance,
             image_score_top=image_score_top,
@@ -229,6 +235,7 @@ class WrapperMultiCore(ModelWrapper):
             "selection_margin": float(selection_margin),
             "selection_confidence": float(selection_confidence),
             "epoch_confidence": float(epoch_confidence),
+            "calibration_steps": int(calibration_steps),
             "image_auroc_tolerance": float(image_auroc_tolerance),
             "pixel_tolerance": float(pixel_tolerance),
             "image_score_top": float(image_score_top),
