@@ -570,17 +570,17 @@ class HFMTrainer:
             raise RuntimeError(
                 "calibrate_output: the UNet's correction is no longer zero (call it before training)"
             )
-        # (S, 1, h, w): the untrained output, up to its scale and offset
-        mean = inputs.float().mean(dim=1, keepdim=True)
-        target = targets.float()
         scale = torch.ones(1, requires_grad=True)
         offset = torch.zeros(1, requires_grad=True)
         optimizer = torch.optim.Adam([scale, offset], lr=0.05)
         generator = torch.Generator().manual_seed(c.seed * 100_003 - 1)
-        batch = min(32, len(mean))
+        batch = min(32, len(inputs))
         for _ in range(c.calibration_steps):
-            idx = torch.randint(len(mean), (batch,), generator=generator)
-            loss = F.binary_cross_entropy_with_logits(scale * mean[idx] + offset, target[idx])
+            idx = torch.randint(len(inputs), (batch,), generator=generator)
+            # (b, 1, h, w): the untrained output up to its scale and offset, on the CPU, one batch at a time
+            mean = inputs[idx].float().mean(dim=1, keepdim=True).cpu()
+            target = targets[idx].float().cpu()
+            loss = F.binary_cross_entropy_with_logits(scale * mean + offset, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
