@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,7 @@ def test_save_load_fresh_instance_identical(trained: tuple[WrapperMultiCore, Pat
     )
     assert history["multicore_is"] == history["epochs"][-1]["multicore_is"]
     assert set(history["validation_before_training"]["members"]) == set(METHODS[3:])
+    assert history["output_calibration"] is None  # calibration_steps defaults to 0
     before = evaluate(algo, loaders)
     fresh = WrapperMultiCore()
     fresh.load_model(location)  # no training loader attached
@@ -134,6 +136,8 @@ def test_selection_confidences_reach_the_trainer() -> None:
     assert default.model.hfm.calibration_steps == 0 and default.params["calibration_steps"] == 0
     calibrated = WrapperMultiCore(**{**TINY_PARAMS, "calibration_steps": 50})
     assert calibrated.model.hfm.calibration_steps == 50 and calibrated.params["calibration_steps"] == 50
+    with pytest.raises(ValueError, match="calibration_steps"):
+        WrapperMultiCore(**{**TINY_PARAMS, "calibration_steps": -1})
     with pytest.raises(ValueError, match="epoch_confidence"):
         WrapperMultiCore(**{**TINY_PARAMS, "epoch_confidence": 1.0})
 
@@ -202,3 +206,13 @@ def test_zero_epochs_through_the_runner_is_the_ensemble_mean(tiny_mvtec: Path, t
         assert values["multicore"] == values["ensemble_mean"] == values["multicore_hfm"], metric
     history = json.loads((pair.path / "0" / "model" / "hfm_history.json").read_text())
     assert history["multicore_is"] == "ensemble_mean" and history["epochs_trained"] == 0
+
+
+def test_output_calibration_is_recorded_in_the_history(tiny_mvtec: Path) -> None:
+    """With ``calibration_steps`` the fitted scale and offset reach ``hfm_history.json``'s summary."""
+    algo = WrapperMultiCore(**{**TINY_PARAMS, "calibration_steps": 20})
+    algo.enter_dataloaders(*tiny_loaders(tiny_mvtec))
+    algo.train_one_epoch()
+    calibration = algo.model.history_summary()["output_calibration"]
+    assert calibration["steps"] == 20 and calibration["scale"] > 0
+    assert math.isfinite(calibration["offset"])

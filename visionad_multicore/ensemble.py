@@ -547,6 +547,7 @@ class MultiCore:
                 "set, so multicore is the ensemble mean"
             )
         subsets = {} if self._trainer is None else self._trainer.subset_validation
+        calibration = None if self._trainer is None else self._trainer.calibration
         return {
             "multicore_is": label,
             "explanation": explanation,
@@ -560,6 +561,9 @@ class MultiCore:
             "multicore_hfm_epoch": self.hfm_best_epoch_,
             "epochs_trained": self.hfm_epochs_,
             "selection_metric": self.hfm.selection_metric,
+            "output_calibration": None
+            if calibration is None
+            else {"steps": self.hfm.calibration_steps, "scale": calibration[0], "offset": calibration[1]},
             "validation_before_training": self.validation_summary(),
             "epochs": [
                 {

@@ -293,7 +293,9 @@ def test_output_calibration_fits_scale_and_offset_and_keeps_the_mean_ranking() -
             return F.binary_cross_entropy_with_logits(trainer.model(inputs.float()), targets.float()).item()
 
     untrained = bce()
+    assert trainer.calibration is None
     scale, offset = trainer.calibrate_output(inputs, targets)
+    assert trainer.calibration == (scale, offset)
     assert scale > 0.0 and offset < -1.0  # z-scores ~0 on clean pixels: shifted so that sigmoid is ~0 there
     assert bce() < untrained - 0.3
     assert torch.count_nonzero(trainer.model.head.weight) == 0

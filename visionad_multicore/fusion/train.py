@@ -429,6 +429,7 @@ class HFMTrainer:
         self.optimizer = make_optimizer(self.model, config)
         self.epoch = 0
         self.history: list[EpochRecord] = []
+        self.calibration: tuple[float, float] | None = None  # (scale, offset) fitted by calibrate_output
         # the baselines, scored once: the untrained module (= the ensemble mean) and every member alone
         self.mean_validation, mean_maps = self._validate(self.model)
         self._mean_pieces = self._pieces(mean_maps)
@@ -590,6 +591,7 @@ class HFMTrainer:
             model.residual_scale.copy_(scale.to(model.residual_scale.device))
             model.residual_offset.copy_(offset.to(model.residual_offset.device))
         fitted = float(scale.detach()), float(offset.detach())
+        self.calibration = fitted
         logger.info("HFM output calibrated before training: scale %.3f, offset %.3f", *fitted)
         return fitted
 
