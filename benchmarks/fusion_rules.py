@@ -5,7 +5,7 @@ the test set), a combination of the normalised maps (mean, per-pixel maximum or 
 score of the combined map. Normalisations: MultiCore's z-score; clean median / 99.9th percentile; the clean tail
 probability (``-log10`` of the share of clean pixels at or above the value, an exponential tail beyond the 99th
 percentile: a mean of these is Fisher's way to combine tests); and the z-scored mean minus the clean fused maps'
-mean at each position (blurred), for defects on aligned objects. Every rule is
+mean at each position (smoothed), for defects on aligned objects. Every rule is
 scored with the harness's VisionAD metrics on the dumped test maps, for the full ensemble and for its first
 two members (MC4 and MC2 from one dump), beside each member alone and the best member in hindsight.
 
@@ -39,6 +39,7 @@ from member_dumps import (  # noqa: E402
 )
 
 from visionad_multicore.fusion.validation import map_image_scores  # noqa: E402
+from visionad_multicore.patchcore.predictor import gaussian_smooth  # noqa: E402
 
 QUANTILE_SAMPLE = (
     2_000_000  # clean pixels per member used for quantiles (torch.quantile's input limit is 16M)
@@ -51,13 +52,19 @@ def clean_raw(dump: dict[str, Any]) -> Tensor:
     return dump["clean_maps"].float() * std[None, :, None, None] + mean[None, :, None, None]
 
 
+def clean_sample(clean: Tensor) -> Tensor:
+    """A seeded sample of ``QUANTILE_SAMPLE`` clean pixels per member (with replacement): ``(C, M, H, W)`` ->
+    ``(M, samples)``, the same pixels for every member."""
+    values = clean.transpose(0, 1).flatten(1)  # (M, pixels)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(values.shape[1], (min(QUANTILE_SAMPLE, values.shape[1]),), generator=g)
+    return values[:, idx]
+
+
 def quantile_normaliser(clean: Tensor) -> Callable[[Tensor], Tensor]:
     """Median 0 and the clean 99.9th percentile 1 per member (an equal false-positive level per member), fitted
     on clean maps ``(C, M, H, W)``; returns ``raw (N, M, H, W) -> normalised``."""
-    values = clean.transpose(0, 1).flatten(1).double()  # (M, pixels)
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(values.shape[1], (min(QUANTILE_SAMPLE, values.shape[1]),), generator=g)
-    sample = values[:, idx]
+    sample = clean_sample(clean).double()
     centre = sample.median(dim=1).values
     scale = torch.quantile(sample, 0.999, dim=1) - centre
     centre, scale = centre.float()[None, :, None, None], scale.float().clamp_min(1e-8)[None, :, None, None]
@@ -68,10 +75,7 @@ def tail_normaliser(clean: Tensor) -> Callable[[Tensor], Tensor]:
     """``-log10`` of the clean tail probability per member, fitted on clean maps ``(C, M, H, W)``: the empirical
     share of clean pixels at or above a value up to the 99th percentile (2 decades), then one decade more per
     (99.9th - 99th percentile) beyond it, an exponential tail, so values above every clean pixel stay ordered."""
-    values = clean.transpose(0, 1).flatten(1)  # (M, pixels)
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(values.shape[1], (min(QUANTILE_SAMPLE, values.shape[1]),), generator=g)
-    ordered = values[:, idx].float().sort(dim=1).values.contiguous()
+    ordered = clean_sample(clean).float().sort(dim=1).values.contiguous()
     q99, q999 = torch.quantile(
         ordered.double(), torch.tensor([0.99, 0.999], dtype=torch.float64), dim=1
     ).float()
@@ -91,15 +95,9 @@ def tail_normaliser(clean: Tensor) -> Callable[[Tensor], Tensor]:
 
 
 def position_offset(clean_fused: Tensor, sigma: float = 16.0) -> Tensor:
-    """The clean fused maps' mean at each position ``(1, 1, H, W)``, gaussian-blurred by ``sigma`` pixels."""
-    mean = clean_fused.mean(dim=0, keepdim=True)
-    radius = int(3 * sigma)
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    mean = torch.nn.functional.pad(mean, (radius, radius, radius, radius), mode="replicate")
-    mean = torch.nn.functional.conv2d(mean, k.view(1, 1, 1, -1))
-    return torch.nn.functional.conv2d(mean, k.view(1, 1, -1, 1))
+    """The clean fused maps' mean at each position ``(1, 1, H, W)``, gaussian-smoothed by ``sigma`` pixels (the
+    members' own smoothing)."""
+    return gaussian_smooth(clean_fused.mean(dim=0), sigma)[None]
 
 
 Combine = Callable[[Tensor], Tensor]

@@ -105,10 +105,8 @@ def build(rows: list[dict[str, Any]]) -> str:
         "| set | ensemble | image score | multicore is | method | " + " | ".join(SHORT) + " |",
         "|---|---|---|---|---|" + "---|" * len(SHORT),
     ]
-    failures, sums = (
-        [],
-        {k: {m: 0.0 for m in METRICS} for k in ("multicore", "best member of each row", "ensemble_mean")},
-    )
+    failures: list[str] = []
+    sums = {k: {m: 0.0 for m in METRICS} for k in ("multicore", "best member of each row", "ensemble_mean")}
     mean_chosen = 0
     for row in rows:
         metrics = row["metrics"]

@@ -21,9 +21,16 @@ from typing import Any
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from member_dumps import METRICS, SHORT, SPLITS, load_dump, test_metrics, zscored  # noqa: E402
+from member_dumps import (  # noqa: E402
+    METRICS,
+    SHORT,
+    SPLITS,
+    load_dump,
+    test_metrics,
+    write_report,
+    zscored,
+)
 
-from visionad_multicore.atomic import atomic_write_text  # noqa: E402
 from visionad_multicore.fusion.validation import (  # noqa: E402
     ValidationResult,
     evaluate_maps,
@@ -95,11 +102,9 @@ def main() -> None:
             + " |"
         )
         print(f"{path.stem}: done", flush=True)
-    command = "python benchmarks/member_weights.py " + " ".join(str(p) for p in args.dumps)
-    text = "\n".join(
+    write_report(
+        "python benchmarks/member_weights.py " + " ".join(str(p) for p in args.dumps),
         [
-            f"Command: `{command}`",
-            "",
             "Fused map = w * member 1 + (1 - w) * member 2 (normalised maps; w = 0.5 is the ensemble mean).",
             "",
             *grid,
@@ -111,11 +116,9 @@ def main() -> None:
             "The test set's own best w per metric (hindsight, for reference only):",
             "",
             *best_test,
-        ]
+        ],
+        args.out,
     )
-    print(text)
-    if args.out is not None:
-        atomic_write_text(args.out, text + "\n")
 
 
 if __name__ == "__main__":
