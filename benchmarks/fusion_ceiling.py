@@ -40,8 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from member_dumps import ensemble_sizes, load_dump, write_report, zscored  # noqa: E402
 
-from visionad_multicore.auroc import auroc  # noqa: E402
 from visionad_multicore.fusion.validation import map_image_scores  # noqa: E402
+from visionad_multicore.visionad.metric_functions import image_auroc  # noqa: E402
 
 SHARES = (0.0, 0.001, 0.01)  # image score: maximum, top 0.1 %, top 1 %
 PACKAGE_SHARE = 0.001
@@ -54,12 +54,6 @@ COLUMNS = (
     "ceiling, weighted maps",
     "ceiling, weighted scores",
 )
-
-
-def image_auc(regular: Any, novel: Any) -> float:
-    """VisionAD's ``Imagewise_AUC``: ROC AUC with the anomalous images positive, flipped when below 0.5."""
-    value = auroc(np.asarray(novel, dtype=np.float64), np.asarray(regular, dtype=np.float64))
-    return max(value, 1.0 - value)
 
 
 def simplex_grid(n: int, step: float) -> Iterator[np.ndarray]:
@@ -92,24 +86,24 @@ def study_row(dump: dict[str, Any], n: int) -> tuple[dict[str, float], str]:
     """Every column of one (dump, ensemble size) row, and a note of the ceilings' choices."""
     maps = {split: zscored(dump, dump[f"test_maps_{split}"], n) for split in ("regular", "novel")}
     raw, std = standardised_scores(dump, n)
-    members = [image_auc(raw["regular"][:, i], raw["novel"][:, i]) for i in range(n)]
+    members = [image_auroc(raw["regular"][:, i], raw["novel"][:, i]) for i in range(n)]
     row = {"predictor 1": members[0], "best member": max(members)}
     mean = {split: map_image_scores(m.mean(dim=1), PACKAGE_SHARE) for split, m in maps.items()}
-    row["ensemble mean"] = image_auc(mean["regular"], mean["novel"])
-    row["Stouffer"] = image_auc(std["regular"].mean(axis=1), std["novel"].mean(axis=1))
-    row["Tippett"] = image_auc(std["regular"].max(axis=1), std["novel"].max(axis=1))
+    row["ensemble mean"] = image_auroc(mean["regular"], mean["novel"])
+    row["Stouffer"] = image_auroc(std["regular"].mean(axis=1), std["novel"].mean(axis=1))
+    row["Tippett"] = image_auroc(std["regular"].max(axis=1), std["novel"].max(axis=1))
 
     best_maps, best_scores = (-1.0, None, 0.0), (-1.0, None)
     for w in simplex_grid(n, 0.05 if n == 2 else 0.125):
         weights = torch.as_tensor(w, dtype=torch.float32)[None, :, None, None]
         fused = {split: (m * weights).sum(dim=1) for split, m in maps.items()}  # (N, H, W)
         for share in SHARES:
-            value = image_auc(
+            value = image_auroc(
                 map_image_scores(fused["regular"], share), map_image_scores(fused["novel"], share)
             )
             if value > best_maps[0]:
                 best_maps = (value, w, share)
-        value = image_auc(std["regular"] @ w, std["novel"] @ w)
+        value = image_auroc(std["regular"] @ w, std["novel"] @ w)
         if value > best_scores[0]:
             best_scores = (value, w)
     row["ceiling, weighted maps"] = best_maps[0]

@@ -1,5 +1,5 @@
 """Reading the member-map dumps of ``bench_multicore.py --dump``: shared by the offline fusion studies
-(``fusion_rules.py``, ``member_weights.py``, ``image_score_share.py``).
+(``fusion_rules.py``, ``member_weights.py``, ``image_score_share.py``, ``fusion_ceiling.py``).
 
 A dump holds the members' raw test maps and image scores, the normalisation statistics, the clean fusion-share
 maps and the synthetic validation set (both already normalised), so a fusion rule is re-scored in a minute

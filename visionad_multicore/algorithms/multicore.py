@@ -98,8 +98,7 @@ class WrapperMultiCore(ModelWrapper):
             0.99; see :class:`~visionad_multicore.fusion.train.HFMTrainConfig`).
         calibration_steps: Fit the HFM output's scale and offset by cross-entropy before the first epoch (e.g.
             200; default 0: off). Training then lowers the loss instead of spending its steps on two scalars; the
-            trained module did not beat the mean on validation with it either (README, "What `multicore`
-            outputs").
+            trained module did not beat the mean on validation with it either (``docs/fusion_findings.md``).
         image_auroc_tolerance: Largest drop of the validation image AUROC below the mean's a chosen epoch or member
             subset may have.
         pixel_tolerance: Largest drop of the validation pixel AUROC and pixel AP below the mean's a chosen epoch

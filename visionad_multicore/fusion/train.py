@@ -36,7 +36,7 @@ Candidates and the choice (:class:`HFMTrainer`):
 ``selection_metric``: ``aupro`` (default; the region-overlap area up to 30 % FPR, VisionAD's definition),
 ``pixel_ap`` (pixel average precision), ``pixel_auroc`` or ``loss``. On the development data the validation
 AUPRO moved with the test AUPRO of the trained epochs, while the validation pixel AP rose for epochs whose
-test metrics fell (see the README's fusion section); the selection also never needs the test set.
+test metrics fell (see ``docs/fusion_findings.md``); the selection also never needs the test set.
 
 Presets: :meth:`HFMTrainConfig.paper` (RMSprop lr 1e-5, weight decay 1e-5, momentum 0.999, clip 1, 300 epochs,
 4000 synthetic images, SSIM + clDice: the paper's) and :meth:`HFMTrainConfig.cpu` (Adam lr 1e-3, 64 x 64
